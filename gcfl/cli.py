@@ -1,0 +1,179 @@
+"""The ``gcfl`` command line: run simulations, list the run-config keys."""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import re
+import sys
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
+
+DEFAULT_CLIENTS = 30
+_PROGRESS = re.compile(r"fit progress: \((\d+), ([^,]+), \{'accuracy': ([^}]+)\}")
+
+
+class UsageError(ValueError):
+    """A command-line argument is wrong; the message names it."""
+
+
+def _absolute(path: str) -> str:
+    return str(Path(path).expanduser().resolve())
+
+
+def _default_out_dir(name: str) -> Path:
+    return Path.cwd() / "gcfl-results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
+
+
+def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides that the arguments ask for, checked; relative paths resolved."""
+    run_config: dict[str, Any] = {}
+    for assignment in args.set or []:
+        key, value = parse_assignment(assignment)
+        run_config[key] = value
+    flags = {
+        "num-server-rounds": args.rounds,
+        "strategy": args.strategy,
+        "dataset": args.dataset,
+        "data-dir": args.data_dir,
+        "partition": args.partition,
+        "fraction-fit": args.fraction_fit,
+        "local-epochs": args.local_epochs,
+        "seed": args.seed,
+    }
+    run_config.update({key: value for key, value in flags.items() if value is not None})
+    dataset = run_config.get("dataset")
+    if isinstance(dataset, str) and dataset.endswith(".npz"):
+        if not Path(dataset).expanduser().is_file():
+            raise UsageError(f"--dataset: {dataset}: no such file")
+        run_config["dataset"] = _absolute(dataset)
+    if run_config.get("data-dir"):
+        if not Path(run_config["data-dir"]).expanduser().is_dir():
+            raise UsageError(f"--data-dir: {run_config['data-dir']}: no such folder")
+        run_config["data-dir"] = _absolute(run_config["data-dir"])
+    out = (
+        args.out
+        or run_config.get("out-dir")
+        or _default_out_dir(run_config.get("strategy", "gcfl"))
+    )
+    run_config["out-dir"] = _absolute(str(out))
+    parse_run_config(run_config)  # every value checked before anything starts
+    return run_config
+
+
+def _print_progress(line: str, total_rounds: int) -> None:
+    match = _PROGRESS.search(line)
+    if match:
+        round_, loss, accuracy = match.groups()
+        print(
+            f"round {int(round_):>3}/{total_rounds}  accuracy {float(accuracy):.4f}  "
+            f"loss {float(loss):.4f}",
+            flush=True,
+        )
+
+
+def print_rounds_table(results: dict[str, Any]) -> None:
+    """The per-round accuracy, loss and time of one run, as a plain table."""
+    print(f"\n{'round':>5}  {'accuracy':>8}  {'loss':>8}  {'seconds':>7}  status")
+    for record in results["rounds"]:
+        accuracy = record.get("accuracy")
+        loss = record.get("loss")
+        print(
+            f"{record['round']:>5}  "
+            f"{accuracy if accuracy is None else format(accuracy, '.4f'):>8}  "
+            f"{loss if loss is None else format(loss, '.4f'):>8}  "
+            f"{record['seconds']:>7.2f}  {record.get('status', 'ok')}"
+        )
+
+
+def command_run(args: argparse.Namespace) -> int:
+    from gcfl.simulation.launcher import simulate
+
+    if args.clients < 1:
+        raise UsageError(f"--clients must be >= 1, got {args.clients}")
+    run_config = build_run_config(args)
+    rounds = parse_run_config(run_config).num_server_rounds
+    print(
+        f"gcfl: {run_config.get('strategy', 'gcfl')} on {args.clients} simulated clients, "
+        f"{rounds} rounds; results in {run_config['out-dir']}",
+        flush=True,
+    )
+    echo = (
+        (lambda line: print(line, flush=True))
+        if args.verbose
+        else (lambda line: _print_progress(line, rounds))
+    )
+    result = simulate(run_config, args.clients, on_line=echo)
+    print_rounds_table(result.results)
+    print(f"\nwall time {result.seconds:.1f} s (run {result.run_id})")
+    print(f"results: {result.out_dir / 'results.json'}")
+    print(f"model:   {result.out_dir / 'model.keras'}")
+    print(f"log:     {result.log_file}")
+    return 0
+
+
+def command_config(args: argparse.Namespace) -> int:
+    for spec in dataclasses.fields(GcflConfig):
+        print(f"{spec.metadata['key']:<20} {spec.default!r:<36} {spec.metadata['help']}")
+    return 0
+
+
+def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--rounds", type=int, help="federated rounds (num-server-rounds)")
+    parser.add_argument(
+        "--clients",
+        type=int,
+        default=DEFAULT_CLIENTS,
+        help=f"simulated clients, one SuperNode each (default {DEFAULT_CLIENTS})",
+    )
+    parser.add_argument("--strategy", help="gcfl (default) or fedavg")
+    parser.add_argument("--dataset", help="digits (default), mnist, cifar10 or a .npz file")
+    parser.add_argument("--data-dir", help="folder with mnist.npz or CIFAR-10 files")
+    parser.add_argument("--partition", help="slices (default), iid or dirichlet")
+    parser.add_argument("--fraction-fit", type=float, help="share of clients per round")
+    parser.add_argument("--local-epochs", type=int, help="epochs per local fit")
+    parser.add_argument("--seed", type=int, help="seed of every random draw")
+    parser.add_argument("--out", help="results folder (default ./gcfl-results/<name>-<time>)")
+    parser.add_argument(
+        "--set",
+        action="append",
+        metavar="KEY=VALUE",
+        help=f"any run-config key ({', '.join(config_keys())}); repeatable",
+    )
+    parser.add_argument("--verbose", action="store_true", help="show Flower's full log")
+
+
+def make_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="gcfl", description="Genetic clustered federated learning on Flower."
+    )
+    commands = parser.add_subparsers(dest="command", required=True)
+    run = commands.add_parser("run", help="run one simulation (default: gcfl on digits)")
+    _add_run_arguments(run)
+    run.set_defaults(handler=command_run)
+    config = commands.add_parser("config", help="list every run-config key and its default")
+    config.set_defaults(handler=command_config)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = make_parser().parse_args(argv)
+    try:
+        return int(args.handler(args))
+    except (UsageError, ConfigError) as error:
+        print(f"gcfl: error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("gcfl: interrupted; every process it started has been stopped", file=sys.stderr)
+        return 130
+    except RuntimeError as error:  # SimulationError, SuperLinkError
+        print(f"gcfl: error: {error}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,339 @@
+"""The run configuration: every run-config key, its default, type and valid range.
+
+Flower hands the ServerApp and every ClientApp the run config as a flat dict of
+kebab-case keys (``context.run_config``). :func:`parse_run_config` turns it into
+one frozen :class:`GcflConfig`, checked once; nothing else reads raw keys.
+
+The defaults here and in ``pyproject.toml``'s ``[tool.flwr.app.config]`` must
+agree: the test suite compares them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+STRATEGIES = ("gcfl", "fedavg")
+INITS = ("random", "search")
+PARTITIONS = ("slices", "iid", "dirichlet")
+BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
+
+
+class ConfigError(ValueError):
+    """A run-config value is missing, of the wrong type or out of range."""
+
+
+def _key(name: str, help_text: str, check: Callable[[Any], str | None] | None = None) -> Any:
+    """Metadata for a config field: its kebab-case run-config key and a range check."""
+    return {"key": name, "help": help_text, "check": check}
+
+
+def _positive(value: float) -> str | None:
+    return None if value > 0 else "must be > 0"
+
+
+def _non_negative(value: float) -> str | None:
+    return None if value >= 0 else "must be >= 0"
+
+
+def _at_least_one(value: int) -> str | None:
+    return None if value >= 1 else "must be >= 1"
+
+
+def _one_of(choices: tuple[str, ...]) -> Callable[[str], str | None]:
+    def check(value: str) -> str | None:
+        return None if value in choices else f"must be one of {', '.join(choices)}"
+
+    return check
+
+
+def _absolute_or_empty(value: str) -> str | None:
+    if value == "" or Path(value).expanduser().is_absolute():
+        return None
+    return (
+        "must be an absolute path (the ServerApp runs in the SuperLink's working "
+        "directory, not yours)"
+    )
+
+
+def _dataset(value: str) -> str | None:
+    if value in BUILTIN_DATASETS:
+        return None
+    if value.endswith(".npz"):
+        return _absolute_or_empty(value)
+    return f"must be one of {', '.join(BUILTIN_DATASETS)} or an absolute path to a .npz file"
+
+
+def _fraction_open_closed(value: float) -> str | None:
+    return None if 0 < value <= 1 else "must be in (0, 1]"
+
+
+def _fraction_closed(value: float) -> str | None:
+    return None if 0 <= value <= 1 else "must be in [0, 1]"
+
+
+def _val_fraction(value: float) -> str | None:
+    return None if 0 < value < 1 else "must be in (0, 1)"
+
+
+def _model_spec(value: str) -> str | None:
+    if value == "" or (":" in value and all(value.split(":", 1))):
+        return None
+    return "must be empty (the seed CNN) or 'package.module:function'"
+
+
+def parse_float_list(text: str) -> tuple[float, ...]:
+    """Parse a comma-separated list of floats such as ``"1e-1,1e-2"``."""
+    return tuple(float(item) for item in text.split(",") if item.strip())
+
+
+def parse_int_list(text: str) -> tuple[int, ...]:
+    """Parse a comma-separated list of integers such as ``"16,32"``."""
+    return tuple(int(item) for item in text.split(",") if item.strip())
+
+
+def _float_list(value: str) -> str | None:
+    try:
+        values = parse_float_list(value)
+    except ValueError:
+        return "must be a comma-separated list of numbers"
+    if len(values) < 3 or any(not (v > 0 and math.isfinite(v)) for v in values):
+        return "must list at least 3 positive learning rates"
+    return None
+
+
+def _int_list(value: str) -> str | None:
+    try:
+        values = parse_int_list(value)
+    except ValueError:
+        return "must be a comma-separated list of integers"
+    if len(values) < 2 or any(v < 1 for v in values):
+        return "must list at least 2 positive batch sizes"
+    return None
+
+
+@dataclass(frozen=True)
+class GcflConfig:
+    """Every run-config value of a gcfl run, typed and checked."""
+
+    strategy: str = field(
+        default="gcfl",
+        metadata=_key("strategy", "gcfl or fedavg", _one_of(STRATEGIES)),
+    )
+    num_server_rounds: int = field(
+        default=10, metadata=_key("num-server-rounds", "federated rounds", _at_least_one)
+    )
+    fraction_fit: float = field(
+        default=1.0,
+        metadata=_key("fraction-fit", "share of clients sampled per round", _fraction_open_closed),
+    )
+    fraction_evaluate: float = field(
+        default=0.0,
+        metadata=_key(
+            "fraction-evaluate", "share of clients for federated evaluation", _fraction_closed
+        ),
+    )
+    min_fit_clients: int = field(
+        default=2,
+        metadata=_key(
+            "min-fit-clients", "fewest accepted updates for a round to count", _at_least_one
+        ),
+    )
+    local_epochs: int = field(
+        default=2, metadata=_key("local-epochs", "epochs per fit", _at_least_one)
+    )
+    val_fraction: float = field(
+        default=0.2,
+        metadata=_key("val-fraction", "share of a client's data held out", _val_fraction),
+    )
+    lr_min: float = field(default=1e-7, metadata=_key("lr-min", "lowest lr", _positive))
+    lr_max: float = field(default=1e-3, metadata=_key("lr-max", "highest lr", _positive))
+    batch_min: int = field(
+        default=16, metadata=_key("batch-min", "smallest batch size", _at_least_one)
+    )
+    batch_max: int = field(
+        default=128, metadata=_key("batch-max", "largest batch size", _at_least_one)
+    )
+    dbscan_eps: float = field(
+        default=0.15, metadata=_key("dbscan-eps", "DBSCAN radius in scaled features", _positive)
+    )
+    dbscan_min_samples: int = field(
+        default=2, metadata=_key("dbscan-min-samples", "DBSCAN core size", _at_least_one)
+    )
+    recluster_every: int = field(
+        default=1,
+        metadata=_key(
+            "recluster-every", "cluster every N rounds; 0 = once after round 1", _non_negative
+        ),
+    )
+    elite: int = field(
+        default=2, metadata=_key("elite", "best members per group kept as they are", _non_negative)
+    )
+    mutation: float = field(
+        default=0.1,
+        metadata=_key(
+            "mutation",
+            "lr factor m: offspring lr times 1-m, 1 or 1+m",
+            lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+        ),
+    )
+    init: str = field(default="random", metadata=_key("init", "random or search", _one_of(INITS)))
+    lr_grid: str = field(
+        default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6",
+        metadata=_key("lr-grid", "lrs tried by init=search", _float_list),
+    )
+    batch_grid: str = field(
+        default="16,32,64,128",
+        metadata=_key("batch-grid", "batch sizes tried by init=search", _int_list),
+    )
+    fedavg_lr: float = field(
+        default=1e-4, metadata=_key("fedavg-lr", "lr of the FedAvg baseline", _positive)
+    )
+    fedavg_batch_size: int = field(
+        default=32,
+        metadata=_key("fedavg-batch-size", "batch size of the FedAvg baseline", _at_least_one),
+    )
+    diverge_factor: float = field(
+        default=10.0,
+        metadata=_key(
+            "diverge-factor",
+            "a fit diverged when its final loss exceeds this times its first",
+            lambda v: None if v > 1 else "must be > 1",
+        ),
+    )
+    dataset: str = field(
+        default="digits",
+        metadata=_key("dataset", "digits, mnist, cifar10 or /abs/path.npz", _dataset),
+    )
+    data_dir: str = field(
+        default="",
+        metadata=_key("data-dir", "folder with dataset files (absolute)", _absolute_or_empty),
+    )
+    partition: str = field(
+        default="slices",
+        metadata=_key("partition", "slices, iid or dirichlet", _one_of(PARTITIONS)),
+    )
+    alpha: float = field(default=0.5, metadata=_key("alpha", "Dirichlet concentration", _positive))
+    model: str = field(
+        default="",
+        metadata=_key("model", "empty or package.module:function", _model_spec),
+    )
+    seed: int = field(default=42, metadata=_key("seed", "seed of every random draw", _non_negative))
+    out_dir: str = field(
+        default="",
+        metadata=_key("out-dir", "absolute results folder", _absolute_or_empty),
+    )
+    probe_timeout: float = field(
+        default=300.0,
+        metadata=_key(
+            "probe-timeout", "seconds to wait for every SuperNode before round 1", _positive
+        ),
+    )
+
+    def __post_init__(self) -> None:
+        if not self.lr_min < self.lr_max:
+            raise ConfigError(f"lr-min ({self.lr_min}) must be smaller than lr-max ({self.lr_max})")
+        if not self.batch_min <= self.batch_max:
+            raise ConfigError(
+                f"batch-min ({self.batch_min}) must not exceed batch-max ({self.batch_max})"
+            )
+
+    @property
+    def lr_grid_values(self) -> tuple[float, ...]:
+        return parse_float_list(self.lr_grid)
+
+    @property
+    def batch_grid_values(self) -> tuple[int, ...]:
+        return parse_int_list(self.batch_grid)
+
+    def to_run_config(self) -> dict[str, bool | int | float | str]:
+        """The config as Flower's flat kebab-case run-config dict."""
+        return {f.metadata["key"]: getattr(self, f.name) for f in dataclasses.fields(self)}
+
+
+def _fields_by_key() -> dict[str, dataclasses.Field[Any]]:
+    return {f.metadata["key"]: f for f in dataclasses.fields(GcflConfig)}
+
+
+def config_keys() -> tuple[str, ...]:
+    """Every valid run-config key, in declaration order."""
+    return tuple(_fields_by_key())
+
+
+def default_run_config() -> dict[str, bool | int | float | str]:
+    """The default value of every run-config key."""
+    return GcflConfig().to_run_config()
+
+
+def _coerce(key: str, expected: type, value: Any) -> Any:
+    """Convert a run-config value to the field's type, or say what is wrong."""
+    if expected is bool:
+        if isinstance(value, bool):
+            return value
+    elif expected is int:
+        if isinstance(value, int) and not isinstance(value, bool):
+            return value
+        if isinstance(value, float) and value.is_integer():
+            return int(value)
+    elif expected is float:
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if not math.isfinite(float(value)):
+                raise ConfigError(f"{key}: {value!r} is not a finite number")
+            return float(value)
+    elif expected is str and isinstance(value, str):
+        return value
+    raise ConfigError(f"{key}: expected {expected.__name__}, got {type(value).__name__} {value!r}")
+
+
+def parse_run_config(run_config: Mapping[str, Any]) -> GcflConfig:
+    """Check a run-config mapping and return it as a :class:`GcflConfig`.
+
+    Missing keys take their defaults; an unknown key, a wrong type or a value
+    out of range raises :class:`ConfigError` naming the key.
+    """
+    fields = _fields_by_key()
+    unknown = sorted(set(run_config) - set(fields))
+    if unknown:
+        raise ConfigError(
+            f"unknown run-config key(s): {', '.join(unknown)}; valid keys: {', '.join(fields)}"
+        )
+    type_of = {name: hint for name, hint in GcflConfig.__annotations__.items()}
+    types = {"int": int, "float": float, "str": str, "bool": bool}
+    values: dict[str, Any] = {}
+    for key, value in run_config.items():
+        spec = fields[key]
+        coerced = _coerce(key, types[type_of[spec.name]], value)
+        problem = spec.metadata["check"](coerced) if spec.metadata["check"] else None
+        if problem:
+            raise ConfigError(f"{key}: {coerced!r} {problem}")
+        values[spec.name] = coerced
+    return GcflConfig(**values)
+
+
+def parse_assignment(text: str) -> tuple[str, Any]:
+    """Parse one ``key=value`` override as typed by a user on the command line.
+
+    The value is converted to the key's type; an unknown key lists the valid ones.
+    """
+    if "=" not in text:
+        raise ConfigError(f"expected key=value, got {text!r}")
+    key, raw = (part.strip() for part in text.split("=", 1))
+    fields = _fields_by_key()
+    if key not in fields:
+        raise ConfigError(f"unknown run-config key: {key}; valid keys: {', '.join(fields)}")
+    kind = GcflConfig.__annotations__[fields[key].name]
+    raw = raw.strip("'\"") if kind == "str" else raw
+    try:
+        value: Any = {
+            "int": int,
+            "float": float,
+            "str": str,
+            "bool": lambda s: {"true": True, "false": False}[s.lower()],
+        }[kind](raw)
+    except (ValueError, KeyError):
+        raise ConfigError(f"{key}: {raw!r} is not a valid {kind}") from None
+    return key, value

@@ -1,0 +1,1 @@
+"""The server side: the ServerApp, server-side evaluation and the results file."""

@@ -1,0 +1,64 @@
+"""Server-side evaluation of the global model on the test set, and saving it."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from flwr.common import NDArrays, Scalar
+
+from gcfl.config import GcflConfig
+from gcfl.data import Dataset, load_dataset
+
+EVAL_BATCH_SIZE = 256
+
+
+class CentralEvaluator:
+    """Evaluates global weights on the dataset's test set with a cached compiled model.
+
+    Usable as Flower's ``evaluate_fn``; the dataset and model are loaded on
+    first use.
+    """
+
+    def __init__(self, config: GcflConfig) -> None:
+        self.config = config
+
+    @property
+    def dataset(self) -> Dataset:
+        return load_dataset(self.config.dataset, self.config.data_dir, self.config.seed)
+
+    def _model(self):
+        from gcfl.model import cached_model
+
+        return cached_model(self.config.model, self.dataset.input_shape, self.dataset.num_classes)
+
+    def initial_weights(self) -> NDArrays:
+        """The initial global model: the same weights for the same seed, run after run."""
+        from gcfl.model import build_model
+
+        model = build_model(
+            self.config.model, self.dataset.input_shape, self.dataset.num_classes, self.config.seed
+        )
+        return model.get_weights()
+
+    def __call__(
+        self, server_round: int, weights: NDArrays, config: dict[str, Scalar]
+    ) -> tuple[float, dict[str, Scalar]]:
+        model = self._model()
+        model.set_weights(weights)
+        loss, accuracy = model.evaluate(
+            self.dataset.x_test, self.dataset.y_test, batch_size=EVAL_BATCH_SIZE, verbose=0
+        )
+        return float(loss), {"accuracy": float(accuracy)}
+
+    def save(self, weights: NDArrays, path: Path) -> None:
+        """Save the global model as a ``.keras`` file, atomically."""
+        model = self._model()
+        model.set_weights(weights)
+        partial = path.with_name(path.stem + ".partial.keras")
+        model.save(partial)
+        partial.replace(path)
+
+
+def weights_are_finite(weights: NDArrays) -> bool:
+    return all(np.all(np.isfinite(w)) for w in weights)

@@ -1,0 +1,91 @@
+"""``results.json``: what a run did, round by round, rewritten atomically after every round."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+RESULTS_FILE = "results.json"
+MODEL_FILE = "model.keras"
+
+
+def package_versions() -> dict[str, str | None]:
+    """Versions of the packages that decide a run's behaviour."""
+    versions: dict[str, str | None] = {}
+    for name, distributions in {
+        "gcfl": ("gcfl",),
+        "flwr": ("flwr",),
+        "tensorflow": ("tensorflow", "tensorflow-cpu"),
+        "keras": ("keras",),
+        "scikit-learn": ("scikit-learn",),
+        "numpy": ("numpy",),
+    }.items():
+        versions[name] = None
+        for distribution in distributions:
+            try:
+                versions[name] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
+    return versions
+
+
+def _json_safe(value: Any) -> Any:
+    """JSON has no NaN or infinity: write them as null."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _json_safe(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_json_safe(item) for item in value]
+    return value
+
+
+def write_json_atomic(path: Path, payload: Any) -> None:
+    """Write JSON so that readers see the old file or the new one, never half of one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
+    try:
+        with os.fdopen(handle, "w", encoding="utf-8") as stream:
+            json.dump(_json_safe(payload), stream, indent=1, allow_nan=False)
+            stream.write("\n")
+            stream.flush()
+            os.fsync(stream.fileno())
+        # mkstemp creates the file private (0600); results are meant to be read.
+        os.chmod(temporary, 0o644)
+        os.replace(temporary, path)
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise
+
+
+class RunRecorder:
+    """Collects round records and rewrites ``results.json`` after each one."""
+
+    def __init__(
+        self, out_dir: Path, strategy: str, config: dict[str, Any], versions: dict[str, Any]
+    ) -> None:
+        self.path = out_dir / RESULTS_FILE
+        self.payload: dict[str, Any] = {
+            "strategy": strategy,
+            "config": config,
+            "versions": versions,
+            "rounds": [],
+        }
+
+    def add_round(self, record: dict[str, Any]) -> None:
+        self.payload["rounds"].append(record)
+        write_json_atomic(self.path, self.payload)
+
+
+def read_results(path: str | Path) -> dict[str, Any]:
+    """Load a ``results.json`` (or the one inside a folder)."""
+    path = Path(path)
+    if path.is_dir():
+        path = path / RESULTS_FILE
+    return json.loads(path.read_text(encoding="utf-8"))

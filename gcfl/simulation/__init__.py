@@ -1,0 +1,1 @@
+"""Launching gcfl simulations: a private SuperLink, ``flwr run``, status and results."""

@@ -1,0 +1,224 @@
+"""Run the gcfl App in Flower's Ray-based simulation, from Python or the ``gcfl`` CLI.
+
+``simulate`` does what a careful user of ``flwr run`` would: checks the run
+config before anything starts, starts a private SuperLink (runtime dependency
+installation off), submits the App with ``--stream``, reads the run's final
+status (``flwr run`` exits 0 even when the run failed) and the results file,
+and stops every process it started, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+import shutil
+import subprocess
+import tempfile
+import time
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gcfl import __version__
+from gcfl.config import GcflConfig, default_run_config, parse_run_config
+from gcfl.server.results import RESULTS_FILE, read_results
+from gcfl.simulation.superlink import CONNECTION_NAME, LocalSuperLink, flower_command
+
+LOG_FILE = "flower.log"
+_RUN_ID = re.compile(r"Successfully started run (\d+)")
+
+
+class SimulationError(RuntimeError):
+    """A simulation did not finish; the message says why and where its log is."""
+
+
+@dataclass(frozen=True)
+class SimulationResult:
+    """A finished simulation: its Flower run id, results and where its files are."""
+
+    run_id: int
+    config: GcflConfig
+    out_dir: Path
+    results: dict[str, Any]
+    log_file: Path
+    seconds: float
+
+
+def _toml_value(value: bool | int | float | str) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return json.dumps(value)  # a TOML basic string
+
+
+def write_run_config_toml(path: Path, run_config: Mapping[str, bool | int | float | str]) -> None:
+    """Write run-config overrides as the TOML file that ``flwr run --run-config`` accepts."""
+    lines = [f"{key} = {_toml_value(value)}" for key, value in run_config.items()]
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+
+
+def app_directory(work_dir: Path) -> Path:
+    """The Flower App directory to submit.
+
+    In a clone (``pip install -e .``) that is the project root. Installed as a
+    plain package, gcfl writes a minimal App (its ``pyproject.toml`` alone) into
+    ``work_dir``; the App's processes then import gcfl from the environment.
+    """
+    root = Path(__file__).resolve().parents[2]
+    if (root / "pyproject.toml").is_file() and (root / "gcfl" / "__init__.py").is_file():
+        return root
+    app = work_dir / "app"
+    app.mkdir(parents=True, exist_ok=True)
+    defaults = "\n".join(
+        f"{key} = {_toml_value(value)}" for key, value in default_run_config().items()
+    )
+    (app / "pyproject.toml").write_text(
+        f'[project]\nname = "gcfl"\nversion = "{__version__}"\n\n'
+        '[tool.flwr.app]\npublisher = "gcfl"\n\n'
+        "[tool.flwr.app.components]\n"
+        'serverapp = "gcfl.server.server_app:app"\n'
+        'clientapp = "gcfl.client.client_app:app"\n\n'
+        f"[tool.flwr.app.config]\n{defaults}\n",
+        encoding="utf-8",
+    )
+    return app
+
+
+def simulate(
+    run_config: Mapping[str, Any],
+    num_supernodes: int,
+    *,
+    client_cpus: int = 1,
+    work_dir: Path | None = None,
+    on_line: Callable[[str], None] | None = None,
+) -> SimulationResult:
+    """Run one simulation of the gcfl App and return its results.
+
+    ``run_config`` holds run-config overrides (kebab-case keys); ``out-dir``
+    must be set and absolute. ``num_supernodes`` is the number of simulated
+    clients. Every line Flower prints goes to ``out-dir/flower.log`` and to
+    ``on_line``. Raises :class:`gcfl.config.ConfigError` for a bad run config
+    before anything starts and :class:`SimulationError` when the run fails.
+    """
+    config = parse_run_config(run_config)
+    if not config.out_dir:
+        raise SimulationError("out-dir must be set to an absolute folder for the results")
+    if num_supernodes < 1:
+        raise SimulationError(f"num-supernodes must be >= 1, got {num_supernodes}")
+    out_dir = Path(config.out_dir)
+    if (out_dir / RESULTS_FILE).exists():
+        raise SimulationError(
+            f"{out_dir / RESULTS_FILE} already exists; choose another output folder"
+        )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    log_file = out_dir / LOG_FILE
+    own_work_dir = work_dir is None
+    # Ray's socket paths must stay short (about 100 characters): keep this under /tmp.
+    work = Path(tempfile.mkdtemp(prefix="gcfl-")) if own_work_dir else Path(work_dir)
+    try:
+        overrides = work / "run-config.toml"
+        write_run_config_toml(overrides, {k: v for k, v in run_config.items()})
+        started = time.perf_counter()
+        with LocalSuperLink(work / "flwr-home", work / "ray", out_dir / "superlink.log") as link:
+            run_id = _run_streamed(
+                link, app_directory(work), overrides, num_supernodes, client_cpus, log_file, on_line
+            )
+            status = run_status(link, run_id)
+        seconds = time.perf_counter() - started
+    finally:
+        if own_work_dir:
+            shutil.rmtree(work, ignore_errors=True)
+    if not status.startswith("finished:completed"):
+        raise SimulationError(
+            f"run {run_id} ended as {status!r}; see {log_file}" + _last_error(log_file)
+        )
+    if not (out_dir / RESULTS_FILE).is_file():
+        raise SimulationError(f"run {run_id} completed but wrote no {RESULTS_FILE}; see {log_file}")
+    return SimulationResult(run_id, config, out_dir, read_results(out_dir), log_file, seconds)
+
+
+def _run_streamed(
+    link: LocalSuperLink,
+    app: Path,
+    overrides: Path,
+    num_supernodes: int,
+    client_cpus: int,
+    log_file: Path,
+    on_line: Callable[[str], None] | None,
+) -> int:
+    command = [
+        flower_command("flwr"),
+        "run",
+        str(app),
+        CONNECTION_NAME,
+        "--stream",
+        "--run-config",
+        str(overrides),
+        "--federation-config",
+        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
+    ]
+    run_id = None
+    with (
+        open(log_file, "a", encoding="utf-8") as log,
+        subprocess.Popen(
+            command,
+            env=link.env,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            text=True,
+            bufsize=1,
+        ) as process,
+    ):
+        assert process.stdout is not None
+        try:
+            for line in process.stdout:
+                log.write(line)
+                match = _RUN_ID.search(line)
+                if match and run_id is None:
+                    run_id = int(match.group(1))
+                if on_line is not None:
+                    on_line(line.rstrip("\n"))
+        except BaseException:
+            process.kill()
+            raise
+    if run_id is None:
+        raise SimulationError(
+            f"flwr run did not start a run; see {log_file}" + _last_error(log_file)
+        )
+    return run_id
+
+
+def run_status(link: LocalSuperLink, run_id: int) -> str:
+    """The run's final status as Flower reports it, e.g. ``finished:completed``."""
+    listing = subprocess.run(
+        [flower_command("flwr"), "ls", CONNECTION_NAME, "--run-id", str(run_id), "--format=json"],
+        env=link.env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    try:
+        runs = json.loads(listing.stdout)["runs"]
+        return str(runs[0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
+        return f"unknown (flwr ls said: {listing.stdout.strip() or listing.stderr.strip()})"
+
+
+def _last_error(log_file: Path) -> str:
+    """The last error Flower logged (a boxed CLI error or an ERROR line), for a message."""
+    try:
+        lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return ""
+    for index in range(len(lines) - 1, -1, -1):
+        line = lines[index]
+        if "─ Error ─" in line:
+            box = [row.strip("│ ") for row in lines[index + 1 :] if row.startswith("│")]
+            return "\nflwr: " + " ".join(box)
+        if "ERROR" in line or "Error:" in line or "Exception" in line:
+            return f"\nlast error: {line.strip()}"
+    return ""

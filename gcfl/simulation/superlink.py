@@ -1,0 +1,174 @@
+"""A SuperLink process that gcfl starts, owns and stops.
+
+``flwr run`` would start a managed SuperLink of its own on fixed ports, reuse
+any one already listening there whatever FLWR_HOME says, and leave it running.
+gcfl instead starts ``flower-superlink`` on a free port with its own FLWR_HOME,
+points a named connection at it, and on exit stops it together with every
+process it spawned (SuperExec, the simulation process, Ray).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import psutil
+
+CONNECTION_NAME = "gcfl-local"
+STARTUP_TIMEOUT_S = 60.0
+
+
+class SuperLinkError(RuntimeError):
+    """The SuperLink did not start; the message points at its log."""
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
+
+
+def tool_environment(flwr_home: Path, ray_tmpdir: Path) -> dict[str, str]:
+    """Environment for Flower's processes: this interpreter's tools first, quiet logs."""
+    env = os.environ.copy()
+    bin_dir = str(Path(sys.executable).parent)
+    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
+    env["FLWR_HOME"] = str(flwr_home)
+    env["RAY_TMPDIR"] = str(ray_tmpdir)
+    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
+    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    # Ray otherwise warns on every start that this default will change.
+    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
+    return env
+
+
+def flower_command(name: str) -> str:
+    """Path of a Flower console script installed beside this interpreter."""
+    candidate = Path(sys.executable).parent / name
+    return str(candidate) if candidate.exists() else name
+
+
+def write_connection(flwr_home: Path, address: str) -> None:
+    """A ``config.toml`` whose default connection is ``CONNECTION_NAME`` at ``address``."""
+    flwr_home.mkdir(parents=True, exist_ok=True)
+    (flwr_home / "config.toml").write_text(
+        "[superlink]\n"
+        f'default = "{CONNECTION_NAME}"\n\n'
+        f"[superlink.{CONNECTION_NAME}]\n"
+        f'address = "{address}"\n'
+        "insecure = true\n",
+        encoding="utf-8",
+    )
+
+
+class LocalSuperLink:
+    """A simulation-mode SuperLink on 127.0.0.1, used as a context manager."""
+
+    def __init__(self, flwr_home: Path, ray_tmpdir: Path, log_file: Path) -> None:
+        self.flwr_home = flwr_home
+        self.ray_tmpdir = ray_tmpdir
+        self.log_file = log_file
+        self.port = free_port()
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def address(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    @property
+    def env(self) -> dict[str, str]:
+        return tool_environment(self.flwr_home, self.ray_tmpdir)
+
+    def start(self) -> LocalSuperLink:
+        self.ray_tmpdir.mkdir(parents=True, exist_ok=True)
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        write_connection(self.flwr_home, self.address)
+        command = [
+            flower_command("flower-superlink"),
+            "--insecure",
+            "--simulation",
+            "--isolation",
+            "subprocess",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.port),
+            "--disable-runtime-dependency-installation",
+            "--database",
+            str(self.flwr_home / "state.db"),
+            "--log-file",
+            str(self.log_file),
+        ]
+        with open(self.log_file.with_suffix(".stdout"), "ab") as output:
+            self.process = subprocess.Popen(
+                command,
+                env=self.env,
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + STARTUP_TIMEOUT_S
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise SuperLinkError(
+                    f"flower-superlink exited with code {self.process.returncode}; "
+                    f"see {self.log_file} and {self.log_file.with_suffix('.stdout')}"
+                )
+            if self._healthy():
+                return self
+            time.sleep(0.2)
+        self.stop()
+        raise SuperLinkError(
+            f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f}s; see {self.log_file}"
+        )
+
+    def _healthy(self) -> bool:
+        try:
+            with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as reply:
+                return reply.status == 200
+        except (urllib.error.URLError, OSError):
+            return False
+
+    def stop(self, grace_s: float = 10.0) -> None:
+        """Stop the SuperLink and every process below it, also ones that left its group."""
+        if self.process is None:
+            return
+        stop_process_tree(self.process.pid, grace_s)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.process.wait(timeout=1)
+        self.process = None
+
+    def __enter__(self) -> LocalSuperLink:
+        return self.start()
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.stop()
+
+
+def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
+    """SIGTERM ``pid``, its process group and all descendants; SIGKILL what remains."""
+    try:
+        root = psutil.Process(pid)
+        processes = [root, *root.children(recursive=True)]
+    except psutil.NoSuchProcess:
+        return
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(pid, signal.SIGTERM)
+    for process in processes:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.terminate()
+    _, alive = psutil.wait_procs(processes, timeout=grace_s)
+    for process in alive:
+        with contextlib.suppress(psutil.NoSuchProcess):
+            process.kill()
+    psutil.wait_procs(alive, timeout=5)

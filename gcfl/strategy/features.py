@@ -1,0 +1,43 @@
+"""Hyperparameters as clustering features: lr in log10, batch size in log2, scaled to [0, 1]."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class SearchSpace:
+    """The ranges over which learning rate and batch size are scaled."""
+
+    lr_min: float
+    lr_max: float
+    batch_min: int
+    batch_max: int
+
+
+def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    if high == low:
+        # A single admissible value carries no information to cluster on.
+        return np.zeros_like(values)
+    return np.clip((values - low) / (high - low), 0.0, 1.0)
+
+
+def hyperparameter_features(
+    lrs: Sequence[float], batch_sizes: Sequence[int], space: SearchSpace
+) -> np.ndarray:
+    """Return an ``(n, 2)`` array: scaled log10(lr) and scaled log2(batch size).
+
+    Values outside the search space are clipped to its edge, so a mutated lr
+    that drifted past ``lr_max`` clusters with the largest ones.
+    """
+    lr = np.log10(np.asarray(lrs, dtype=np.float64))
+    batch = np.log2(np.asarray(batch_sizes, dtype=np.float64))
+    return np.column_stack(
+        [
+            _scaled(lr, np.log10(space.lr_min), np.log10(space.lr_max)),
+            _scaled(batch, np.log2(space.batch_min), np.log2(space.batch_max)),
+        ]
+    ).reshape(len(lr), 2)

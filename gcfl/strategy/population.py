@@ -1,0 +1,201 @@
+"""Every client's hyperparameter state and the per-round evolution step.
+
+Two policies share one interface: :class:`GeneticPopulation` (gcfl: cluster
+with DBSCAN, evolve each group) and :class:`FixedHyperparameters` (the FedAvg
+baseline: everyone at one pair). The Flower strategy calls ``assignment`` when
+it configures a fit and ``step`` once the round's reports are in.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass
+from typing import Any, Literal, Protocol
+
+import numpy as np
+
+from gcfl.strategy.clustering import NOISE, cluster_labels, groups
+from gcfl.strategy.features import SearchSpace, hyperparameter_features
+from gcfl.strategy.genetic import Hyperparameters, Member, evolve_group
+
+Status = Literal["ok", "diverged", "refused", "failed"]
+TRAINED: frozenset[str] = frozenset({"ok", "diverged", "refused"})
+
+
+@dataclass(frozen=True)
+class Report:
+    """What one sampled client's fit produced in a round, as the server accepted it.
+
+    ``status``: "ok" (update aggregated), "diverged" (the client said so),
+    "refused" (the server rejected the update) or "failed" (no reply).
+    """
+
+    lr: float
+    batch_size: int
+    loss: float | None
+    status: Status
+
+
+@dataclass
+class ClientState:
+    """The algorithm's memory of one client, keyed by partition id."""
+
+    lr: float | None
+    batch_size: int | None
+    loss: float | None = None
+    status: str = "new"
+    cluster: int | None = None
+
+
+@dataclass(frozen=True)
+class GeneticSettings:
+    """The algorithm's parameters, taken from the run config."""
+
+    space: SearchSpace
+    dbscan_eps: float = 0.15
+    dbscan_min_samples: int = 2
+    elite: int = 2
+    mutation: float = 0.1
+    recluster_every: int = 1
+
+
+def random_hyperparameters(space: SearchSpace, rng: np.random.Generator) -> Hyperparameters:
+    """The seed's random init: lr log-uniform, batch size 2^uniform in log2 space, rounded."""
+    lr = 10.0 ** rng.uniform(np.log10(space.lr_min), np.log10(space.lr_max))
+    batch = round(2.0 ** rng.uniform(np.log2(space.batch_min), np.log2(space.batch_max)))
+    return Hyperparameters(float(lr), batch)
+
+
+def reclusters_in(server_round: int, recluster_every: int) -> bool:
+    """Whether DBSCAN runs at the end of ``server_round`` (1-based).
+
+    ``recluster_every`` = 1 clusters every round; k every k-th round starting
+    with round 1; 0 only once, after round 1, as the seed notebook did.
+    """
+    if recluster_every == 0:
+        return server_round == 1
+    return (server_round - 1) % recluster_every == 0
+
+
+class HyperparameterPolicy(Protocol):
+    """How a strategy picks each client's hyperparameters, round after round."""
+
+    states: dict[int, ClientState]
+
+    def assignment(self, client_id: int) -> Hyperparameters | None:
+        """The pair ``client_id`` trains with next; None when the client picks (init=search)."""
+
+    def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        """Take a round's reports; return the cluster of each client that trained."""
+
+
+def _record(states: dict[int, ClientState], reports: Mapping[int, Report]) -> None:
+    """Store what each client trained with and how it did; failed clients keep their state."""
+    for client_id, report in reports.items():
+        state = states[client_id]
+        state.status = report.status
+        if report.status in TRAINED:
+            state.lr, state.batch_size = report.lr, report.batch_size
+            state.loss = report.loss if report.status == "ok" else None
+
+
+class FixedHyperparameters:
+    """The FedAvg baseline: every client trains with one fixed pair."""
+
+    def __init__(self, client_ids: Iterable[int], fixed: Hyperparameters) -> None:
+        self.fixed = fixed
+        self.states = {cid: ClientState(fixed.lr, fixed.batch_size) for cid in client_ids}
+
+    def assignment(self, client_id: int) -> Hyperparameters:
+        return self.fixed
+
+    def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        _record(self.states, reports)
+        return {}
+
+
+class GeneticPopulation:
+    """gcfl's policy: cluster the clients that trained, evolve each group's hyperparameters."""
+
+    def __init__(
+        self,
+        states: dict[int, ClientState],
+        settings: GeneticSettings,
+        rng: np.random.Generator,
+    ) -> None:
+        self.states = states
+        self.settings = settings
+        self.rng = rng
+
+    @classmethod
+    def random_init(
+        cls, client_ids: Iterable[int], settings: GeneticSettings, rng: np.random.Generator
+    ) -> GeneticPopulation:
+        """Every client starts at a random pair drawn in ascending id order."""
+        states = {}
+        for cid in sorted(client_ids):
+            pair = random_hyperparameters(settings.space, rng)
+            states[cid] = ClientState(pair.lr, pair.batch_size)
+        return cls(states, settings, rng)
+
+    @classmethod
+    def search_init(
+        cls, client_ids: Iterable[int], settings: GeneticSettings, rng: np.random.Generator
+    ) -> GeneticPopulation:
+        """Clients pick their first pair themselves by a small grid search (seed In [8])."""
+        return cls({cid: ClientState(None, None) for cid in client_ids}, settings, rng)
+
+    def assignment(self, client_id: int) -> Hyperparameters | None:
+        state = self.states[client_id]
+        if state.lr is None or state.batch_size is None:
+            return None
+        return Hyperparameters(state.lr, state.batch_size)
+
+    def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        _record(self.states, reports)
+        trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
+        labels = self._labels(server_round, trained)
+        for cid, label in labels.items():
+            self.states[cid].cluster = label
+        for members in groups(list(labels), list(labels.values())).values():
+            new_pairs = evolve_group(
+                [self._member(cid) for cid in members],
+                self.settings.elite,
+                self.settings.mutation,
+                self.rng,
+            )
+            for cid, pair in new_pairs.items():
+                self.states[cid].lr, self.states[cid].batch_size = pair.lr, pair.batch_size
+        return labels
+
+    def _labels(self, server_round: int, trained: list[int]) -> dict[int, int]:
+        if not reclusters_in(server_round, self.settings.recluster_every):
+            # Between reclusterings a client keeps its group; one never clustered is noise.
+            return {
+                cid: NOISE if self.states[cid].cluster is None else self.states[cid].cluster
+                for cid in trained
+            }
+        features = hyperparameter_features(
+            [self.states[cid].lr for cid in trained],
+            [self.states[cid].batch_size for cid in trained],
+            self.settings.space,
+        )
+        found = cluster_labels(features, self.settings.dbscan_eps, self.settings.dbscan_min_samples)
+        return {cid: int(label) for cid, label in zip(trained, found, strict=True)}
+
+    def _member(self, client_id: int) -> Member:
+        state = self.states[client_id]
+        return Member(
+            client_id=client_id,
+            lr=float(state.lr),
+            batch_size=int(state.batch_size),
+            loss=state.loss,
+            healthy=state.status == "ok",
+        )
+
+    def state_dict(self) -> dict[str, Any]:
+        """Everything needed to continue the algorithm exactly, as JSON-ready data."""
+        return {
+            "clients": {str(cid): vars(state).copy() for cid, state in self.states.items()},
+            "rng": self.rng.bit_generator.state,
+        }
