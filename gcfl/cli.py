@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
+from gcfl.strategy.sampling import FederationSizeError
 
 DEFAULT_CLIENTS = 30
 _PROGRESS = re.compile(r"fit progress: \((\d+), ([^,]+), \{'accuracy': ([^}]+)\}")
@@ -164,7 +165,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     try:
         return int(args.handler(args))
-    except (UsageError, ConfigError) as error:
+    except (UsageError, ConfigError, FederationSizeError) as error:
         print(f"gcfl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 
-import numpy as np
 from flwr.common import NDArrays, Scalar
 
 from gcfl.config import GcflConfig
@@ -56,9 +56,9 @@ class CentralEvaluator:
         model = self._model()
         model.set_weights(weights)
         partial = path.with_name(path.stem + ".partial.keras")
-        model.save(partial)
+        with warnings.catch_warnings():
+            # Keras 3.15's saver calls np.array() on a variable, which NumPy 2.4
+            # flags as deprecated; not ours to fix, and harmless here.
+            warnings.filterwarnings("ignore", message="__array__ implementation doesn't accept")
+            model.save(partial)
         partial.replace(path)
-
-
-def weights_are_finite(weights: NDArrays) -> bool:
-    return all(np.all(np.isfinite(w)) for w in weights)

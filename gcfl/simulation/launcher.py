@@ -24,6 +24,7 @@ from gcfl import __version__
 from gcfl.config import GcflConfig, default_run_config, parse_run_config
 from gcfl.server.results import RESULTS_FILE, read_results
 from gcfl.simulation.superlink import CONNECTION_NAME, LocalSuperLink, flower_command
+from gcfl.strategy.sampling import check_federation_size
 
 LOG_FILE = "flower.log"
 _RUN_ID = re.compile(r"Successfully started run (\d+)")
@@ -107,6 +108,7 @@ def simulate(
         raise SimulationError("out-dir must be set to an absolute folder for the results")
     if num_supernodes < 1:
         raise SimulationError(f"num-supernodes must be >= 1, got {num_supernodes}")
+    check_federation_size(config, num_supernodes)
     out_dir = Path(config.out_dir)
     if (out_dir / RESULTS_FILE).exists():
         raise SimulationError(
@@ -219,6 +221,6 @@ def _last_error(log_file: Path) -> str:
         if "─ Error ─" in line:
             box = [row.strip("│ ") for row in lines[index + 1 :] if row.startswith("│")]
             return "\nflwr: " + " ".join(box)
-        if "ERROR" in line or "Error:" in line or "Exception" in line:
+        if re.match(r"^[\w.]+(Error|Exception): ", line):
             return f"\nlast error: {line.strip()}"
     return ""

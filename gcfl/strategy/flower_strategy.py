@@ -39,7 +39,7 @@ from gcfl.strategy.population import (
     Report,
     Status,
 )
-from gcfl.strategy.sampling import num_sampled, sample_clients
+from gcfl.strategy.sampling import check_federation_size, num_sampled, sample_clients
 
 RoundCallback = Callable[[dict[str, Any], NDArrays], None]
 
@@ -381,19 +381,3 @@ def _probe(proxy: ClientProxy, timeout: float) -> tuple[int, int] | None:
     except Exception as error:  # a node that cannot answer is retried on the next poll
         log(WARNING, "gcfl: node %s did not report its partition id: %s", proxy.cid, error)
         return None
-
-
-def check_federation_size(config: GcflConfig, num_clients: int) -> None:
-    """Fail at start, naming the setting, when sampling or the elite cannot work."""
-    if config.min_fit_clients > num_clients:
-        raise StrategySetupError(
-            f"min-fit-clients={config.min_fit_clients} but only {num_clients} SuperNodes exist; "
-            "start more SuperNodes (num-supernodes) or lower min-fit-clients"
-        )
-    per_round = num_sampled(num_clients, config.fraction_fit, config.min_fit_clients)
-    if config.strategy == "gcfl" and per_round <= config.elite:
-        raise StrategySetupError(
-            f"each round samples {per_round} of {num_clients} clients and elite={config.elite} "
-            "keeps them all, so no hyperparameter would ever evolve; start more SuperNodes "
-            "(num-supernodes), raise fraction-fit or lower elite"
-        )

@@ -1,0 +1,113 @@
+"""Helpers for tests that start real Flower processes, and stop them again."""
+
+from __future__ import annotations
+
+import itertools
+import math
+import os
+import sys
+from pathlib import Path
+
+import psutil
+
+from gcfl.simulation.superlink import free_port, stop_process_tree, tool_environment
+
+FLOWER_PROCESS_NAMES = (
+    "flower-superlink",
+    "flower-superexec",
+    "flwr-simulation",
+    "raylet",
+    "gcs_server",
+    "ray::",
+)
+
+
+def flower_processes() -> set[int]:
+    """PIDs of every Flower or Ray process on this machine."""
+    found = set()
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
+            found.add(process.info["pid"])
+    return found
+
+
+def managed_superlink_env(tmp_path: Path) -> dict[str, str]:
+    """Environment for a plain ``flwr run .``: private FLWR_HOME and ports, no dependency install.
+
+    Free ports keep ``flwr run`` from reusing a SuperLink someone else started
+    on Flower's fixed default ports.
+    """
+    env = tool_environment(tmp_path / "flwr-home", Path("/tmp") / f"gcfl-ray-{os.getpid()}")
+    env["FLWR_LOCAL_SUPERLINK_HTTP_API_PORT"] = str(free_port())
+    env["FLWR_LOCAL_CONTROL_API_PORT"] = str(free_port())
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    return env
+
+
+def stop_managed_superlink(flwr_home: Path) -> list[int]:
+    """Stop the SuperLink that ``flwr run`` started for ``flwr_home``; return its PIDs."""
+    stopped = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        cmdline = " ".join(process.info["cmdline"] or [])
+        if "flower-superlink" in cmdline and str(flwr_home) in cmdline:
+            stop_process_tree(process.info["pid"])
+            stopped.append(process.info["pid"])
+    return stopped
+
+
+def flwr_executable() -> str:
+    return str(Path(sys.executable).parent / "flwr")
+
+
+def close(a: float, b: float) -> bool:
+    # Clients read their lr back from a float32 optimizer variable.
+    return math.isclose(a, b, rel_tol=1e-5)
+
+
+def genetic_rule_violations(results: dict, elite: int, mutation: float) -> list[str]:
+    """Every place where round r+1's hyperparameters break the genetic rules of round r.
+
+    Cluster by cluster (the cluster each client was put in at the end of round
+    r): the ``elite`` best healthy clients train with their round-r pair in
+    round r+1; every other client's lr is a member's lr times 1-m, 1 or 1+m,
+    and its batch size a member's.
+    """
+    problems = []
+    rounds = results["rounds"]
+    for current, following in itertools.pairwise(rounds):
+        now = {c["id"]: c for c in current["clients"]}
+        nxt = {c["id"]: c for c in following["clients"]}
+        clusters: dict[int, list[dict]] = {}
+        for client in now.values():
+            if client["status"] in ("ok", "diverged", "refused"):
+                clusters.setdefault(client["cluster"], []).append(client)
+        for label, members in clusters.items():
+
+            def key(c):
+                healthy = c["status"] == "ok" and c["val_loss"] is not None
+                return (0, c["val_loss"], c["id"]) if healthy else (1, 0.0, c["id"])
+
+            ranked = sorted(members, key=key)
+            healthy = [c for c in members if key(c)[0] == 0] or members
+            for rank, client in enumerate(ranked):
+                if client["id"] not in nxt:
+                    continue
+                then = nxt[client["id"]]
+                where = f"round {following['round']} client {client['id']} (cluster {label})"
+                if rank < elite and key(client)[0] == 0:
+                    if not (
+                        close(then["lr"], client["lr"])
+                        and then["batch_size"] == client["batch_size"]
+                    ):
+                        problems.append(f"{where}: elite did not keep its pair")
+                    continue
+                if not any(
+                    close(then["lr"], m["lr"] * f)
+                    for m in healthy
+                    for f in (1 - mutation, 1, 1 + mutation)
+                ):
+                    problems.append(f"{where}: lr {then['lr']} is no member's lr x factor")
+                if then["batch_size"] not in {m["batch_size"] for m in healthy}:
+                    problems.append(f"{where}: batch size {then['batch_size']} is no member's")
+    return problems

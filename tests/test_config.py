@@ -1,0 +1,94 @@
+"""The run config: defaults agree with pyproject.toml, bad values name their key."""
+
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from gcfl.config import (
+    ConfigError,
+    config_keys,
+    default_run_config,
+    parse_assignment,
+    parse_run_config,
+)
+
+PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
+
+
+def test_pyproject_declares_every_key_with_the_same_default():
+    declared = tomllib.loads(PYPROJECT.read_text())["tool"]["flwr"]["app"]["config"]
+    assert declared == default_run_config()
+
+
+def test_defaults_are_the_seed_setup():
+    config = parse_run_config({})
+    assert (config.strategy, config.num_server_rounds, config.fraction_fit) == ("gcfl", 10, 1.0)
+    assert (config.lr_min, config.lr_max, config.batch_min, config.batch_max) == (
+        1e-7,
+        1e-3,
+        16,
+        128,
+    )
+    assert (config.dbscan_eps, config.dbscan_min_samples, config.elite) == (0.15, 2, 2)
+    assert config.lr_grid_values == (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
+    assert config.batch_grid_values == (16, 32, 64, 128)
+
+
+def test_unknown_key_lists_the_valid_ones():
+    with pytest.raises(ConfigError) as error:
+        parse_run_config({"learning-rate": 0.1})
+    message = str(error.value)
+    assert "learning-rate" in message
+    assert all(key in message for key in config_keys())
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"lr-min": 1e-3, "lr-max": 1e-4}, "lr-min"),
+        ({"fraction-fit": 0.0}, "fraction-fit"),
+        ({"fraction-fit": 1.5}, "fraction-fit"),
+        ({"dbscan-eps": 0.0}, "dbscan-eps"),
+        ({"elite": -1}, "elite"),
+        ({"num-server-rounds": 0}, "num-server-rounds"),
+        ({"num-server-rounds": 2.5}, "num-server-rounds"),
+        ({"lr-max": "big"}, "lr-max"),
+        ({"batch-min": 64, "batch-max": 32}, "batch-min"),
+        ({"strategy": "fedprox"}, "strategy"),
+        ({"init": "zeros"}, "init"),
+        ({"partition": "shards"}, "partition"),
+        ({"out-dir": "relative/dir"}, "out-dir"),
+        ({"dataset": "imagenet"}, "dataset"),
+        ({"dataset": "data/x.npz"}, "dataset"),
+        ({"val-fraction": 1.0}, "val-fraction"),
+        ({"mutation": 1.0}, "mutation"),
+        ({"lr-grid": "0.1,abc"}, "lr-grid"),
+        ({"batch-grid": "32"}, "batch-grid"),
+        ({"model": "no_colon"}, "model"),
+        ({"diverge-factor": 1.0}, "diverge-factor"),
+        ({"lr-min": float("nan")}, "lr-min"),
+    ],
+)
+def test_bad_values_name_the_key(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_run_config(overrides)
+
+
+def test_integral_float_is_accepted_for_an_integer_key():
+    assert parse_run_config({"num-server-rounds": 3.0}).num_server_rounds == 3
+
+
+def test_round_trip_through_run_config():
+    config = parse_run_config({"elite": 3, "out-dir": "/tmp/x"})
+    assert parse_run_config(config.to_run_config()) == config
+
+
+def test_command_line_assignments_get_the_key_type():
+    assert parse_assignment("elite=3") == ("elite", 3)
+    assert parse_assignment("lr-max=1e-2") == ("lr-max", 0.01)
+    assert parse_assignment("init='search'") == ("init", "search")
+    with pytest.raises(ConfigError, match="elite"):
+        parse_assignment("elite=many")
+    with pytest.raises(ConfigError, match="valid keys"):
+        parse_assignment("no-such-key=1")

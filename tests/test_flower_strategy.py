@@ -1,0 +1,223 @@
+"""The Flower adapter: partition-id keying, per-client FitIns, checked aggregation."""
+
+import math
+
+import numpy as np
+import pytest
+from flwr.common import (
+    Code,
+    FitRes,
+    GetPropertiesRes,
+    Status,
+    ndarrays_to_parameters,
+    parameters_to_ndarrays,
+)
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from gcfl.config import parse_run_config
+from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
+from gcfl.strategy.sampling import FederationSizeError, check_federation_size
+
+OK = Status(code=Code.OK, message="")
+
+
+class FakeNode(ClientProxy):
+    """A node known to Flower by a random node id, holding partition ``partition_id``."""
+
+    def __init__(self, node_id, partition_id, num_partitions):
+        super().__init__(str(node_id))
+        self.partition_id = partition_id
+        self.num_partitions = num_partitions
+
+    def get_properties(self, ins, timeout, group_id):
+        return GetPropertiesRes(
+            status=OK,
+            properties={"partition-id": self.partition_id, "num-partitions": self.num_partitions},
+        )
+
+    def get_parameters(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def fit(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def evaluate(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+    def reconnect(self, ins, timeout, group_id):
+        raise NotImplementedError
+
+
+def federation(num_nodes, seed=0):
+    """Nodes with random node ids, registered in a shuffled order."""
+    generator = np.random.default_rng(seed)
+    node_ids = generator.choice(10**9, size=num_nodes, replace=False)
+    manager = SimpleClientManager()
+    for partition in generator.permutation(num_nodes):
+        manager.register(FakeNode(int(node_ids[partition]), int(partition), num_nodes))
+    return manager
+
+
+GLOBAL = [np.zeros((3, 2), np.float32), np.zeros(2, np.float32)]
+
+
+def strategy(**overrides):
+    config = parse_run_config({"probe-timeout": 5.0, **overrides})
+    return GeneticClusteredFedAvg(config=config, initial_parameters=ndarrays_to_parameters(GLOBAL))
+
+
+def start(overrides=None, nodes=6, seed=0):
+    manager = federation(nodes, seed)
+    adapter = strategy(**(overrides or {}))
+    adapter.initialize_parameters(manager)
+    return adapter, manager
+
+
+def fit_res(proxy, partition_id, ins, value=1.0, **metric_overrides):
+    metrics = {
+        "client-id": partition_id,
+        "lr": ins.config["lr"],
+        "batch-size": ins.config["batch-size"],
+        "status": "ok",
+        "val-loss": 1.0 / (partition_id + 1),
+        "val-accuracy": 0.5,
+        "train-loss": 1.0,
+        **metric_overrides,
+    }
+    weights = [np.full(a.shape, value, np.float32) for a in GLOBAL]
+    return proxy, FitRes(OK, ndarrays_to_parameters(weights), 10 * (partition_id + 1), metrics)
+
+
+def test_state_is_keyed_by_partition_id_not_node_id():
+    adapter, _ = start(nodes=6)
+    assert sorted(adapter.nodes) == list(range(6))
+    for partition_id, proxy in adapter.nodes.items():
+        assert proxy.partition_id == partition_id
+
+
+def test_each_client_gets_its_own_fit_config():
+    adapter, manager = start(nodes=6)
+    instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    assert len(instructions) == 6
+    configs = [ins.config for _, ins in instructions]
+    assert len({id(c) for c in configs}) == 6  # no shared, mutated dict
+    for proxy, ins in instructions:
+        pair = adapter.policy.assignment(proxy.partition_id)
+        assert ins.config["lr"] == pair.lr and ins.config["batch-size"] == pair.batch_size
+    assert len({(c["lr"], c["batch-size"]) for c in configs}) > 1
+
+
+def test_same_seed_same_sampling_and_assignments_whatever_the_node_ids():
+    def round_one(node_seed):
+        adapter, manager = start({"fraction-fit": 0.5}, nodes=10, seed=node_seed)
+        instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+        return [
+            (p.partition_id, ins.config["lr"], ins.config["batch-size"]) for p, ins in instructions
+        ]
+
+    assert round_one(1) == round_one(2)
+    assert len(round_one(1)) == 5
+
+
+def test_fedavg_sends_the_baseline_pair_to_everyone():
+    adapter, manager = start({"strategy": "fedavg"}, nodes=4)
+    for _, ins in adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager):
+        assert (ins.config["lr"], ins.config["batch-size"]) == (1e-4, 32)
+
+
+def test_aggregation_is_weighted_and_bad_clients_are_refused_alone():
+    adapter, manager = start(nodes=5)
+    instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    by_partition = {p.partition_id: (p, p.partition_id, ins) for p, ins in instructions}
+    results = [
+        fit_res(*by_partition[0], value=1.0),
+        fit_res(*by_partition[1], value=3.0),
+        fit_res(*by_partition[2], value=100.0, lr="fast"),  # malformed metric
+        fit_res(*by_partition[3], value=np.nan),  # non-finite update
+    ]  # partition 4 never replies
+    parameters, metrics = adapter.aggregate_fit(1, results, [RuntimeError("lost")])
+    weights = parameters_to_ndarrays(parameters)
+    # Partitions 0 and 1 carry 10 and 20 examples: (1*10 + 3*20) / 30.
+    np.testing.assert_allclose(weights[0], np.full((3, 2), 70 / 30), rtol=1e-6)
+    assert metrics["accepted"] == 2
+    status = {c["id"]: c["status"] for c in adapter._round.clients}
+    assert status == {0: "ok", 1: "ok", 2: "refused", 3: "refused", 4: "failed"}
+    reasons = {c["id"]: c.get("reason", "") for c in adapter._round.clients}
+    assert "lr" in reasons[2] and "non-finite" in reasons[3]
+
+
+def test_round_with_too_few_updates_keeps_the_global_model():
+    adapter, manager = start({"min-fit-clients": 3}, nodes=4)
+    instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    proxy, ins = instructions[0]
+    parameters, _ = adapter.aggregate_fit(1, [fit_res(proxy, proxy.partition_id, ins)], [])
+    assert parameters is None
+    assert adapter._round.counted is False
+
+
+def test_client_reporting_another_id_is_refused():
+    adapter, manager = start(nodes=3)
+    instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    results = [fit_res(p, p.partition_id, ins) for p, ins in instructions]
+    results[0] = fit_res(instructions[0][0], 99, instructions[0][1])
+    adapter.aggregate_fit(1, results, [])
+    assert adapter._round.clients[0]["status"] == "refused"
+    assert "client-id" in adapter._round.clients[0]["reason"]
+
+
+def test_round_record_reaches_the_callback():
+    records = []
+    config = parse_run_config({"probe-timeout": 5.0})
+    adapter = GeneticClusteredFedAvg(
+        config=config,
+        initial_parameters=ndarrays_to_parameters(GLOBAL),
+        evaluate_fn=lambda r, w, c: (0.5, {"accuracy": 0.75}),
+        on_round_end=lambda record, weights: records.append(record),
+    )
+    manager = federation(4)
+    adapter.initialize_parameters(manager)
+    instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
+    parameters, _ = adapter.aggregate_fit(
+        1, [fit_res(p, p.partition_id, ins) for p, ins in instructions], []
+    )
+    adapter.evaluate(1, parameters)
+    (record,) = records
+    assert record["round"] == 1 and record["accuracy"] == 0.75 and record["loss"] == 0.5
+    assert [c["id"] for c in record["clients"]] == [0, 1, 2, 3]
+    assert all(isinstance(c["cluster"], int) for c in record["clients"])
+    assert all(math.isfinite(c["lr"]) for c in record["clients"])
+
+
+def test_no_federated_evaluation_unless_asked():
+    adapter, manager = start(nodes=3)
+    assert adapter.configure_evaluate(1, ndarrays_to_parameters(GLOBAL), manager) == []
+
+
+@pytest.mark.parametrize(
+    ("overrides", "nodes", "named"),
+    [
+        ({}, 2, "elite"),  # 2 sampled, elite 2: nothing would evolve
+        ({"min-fit-clients": 5}, 4, "min-fit-clients"),
+        ({"fraction-fit": 0.1}, 20, "elite"),
+    ],
+)
+def test_too_small_federation_is_refused_at_start(overrides, nodes, named):
+    with pytest.raises(FederationSizeError, match=named):
+        check_federation_size(parse_run_config(overrides), nodes)
+
+
+def test_missing_supernodes_time_out_with_a_clear_error():
+    manager = SimpleClientManager()
+    manager.register(FakeNode(123, 0, 3))  # num-partitions says 3, only one is up
+    adapter = strategy(**{"probe-timeout": 1.0})
+    with pytest.raises(StrategySetupError, match="1 of 3"):
+        adapter.initialize_parameters(manager)
+
+
+def test_duplicate_partition_ids_are_refused():
+    manager = SimpleClientManager()
+    manager.register(FakeNode(1, 0, 2))
+    manager.register(FakeNode(2, 0, 2))
+    with pytest.raises(StrategySetupError, match="partition-id 0"):
+        strategy().initialize_parameters(manager)
