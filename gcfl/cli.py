@@ -12,10 +12,10 @@ from pathlib import Path
 from typing import Any
 
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
-from gcfl.strategy.sampling import FederationSizeError
+from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30
-_PROGRESS = re.compile(r"fit progress: \((\d+), ([^,]+), \{'accuracy': ([^}]+)\}")
+PROGRESS_LINE = re.compile(r"fit progress: \((\d+), ([^,]+), \{'accuracy': ([^}]+)\}")
 
 
 class UsageError(ValueError):
@@ -30,15 +30,15 @@ def _default_out_dir(name: str) -> Path:
     return Path.cwd() / "gcfl-results" / f"{name}-{time.strftime('%Y%m%d-%H%M%S')}"
 
 
-def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
-    """The run-config overrides that the arguments ask for, checked; relative paths resolved."""
+def shared_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """Run-config overrides from the flags and ``--set``, paths resolved; out-dir not set."""
     run_config: dict[str, Any] = {}
     for assignment in args.set or []:
         key, value = parse_assignment(assignment)
         run_config[key] = value
     flags = {
         "num-server-rounds": args.rounds,
-        "strategy": args.strategy,
+        "strategy": getattr(args, "strategy", None),
         "dataset": args.dataset,
         "data-dir": args.data_dir,
         "partition": args.partition,
@@ -56,6 +56,12 @@ def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
         if not Path(run_config["data-dir"]).expanduser().is_dir():
             raise UsageError(f"--data-dir: {run_config['data-dir']}: no such folder")
         run_config["data-dir"] = _absolute(run_config["data-dir"])
+    return run_config
+
+
+def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
+    """The run-config overrides that the arguments ask for, checked; relative paths resolved."""
+    run_config = shared_run_config(args)
     out = (
         args.out
         or run_config.get("out-dir")
@@ -67,7 +73,7 @@ def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def _print_progress(line: str, total_rounds: int) -> None:
-    match = _PROGRESS.search(line)
+    match = PROGRESS_LINE.search(line)
     if match:
         round_, loss, accuracy = match.groups()
         print(
@@ -117,13 +123,47 @@ def command_run(args: argparse.Namespace) -> int:
     return 0
 
 
+def command_compare(args: argparse.Namespace) -> int:
+    from gcfl.compare import ComparePlan, parse_strategies
+
+    try:
+        strategies = parse_strategies(args.strategies)
+    except ValueError as error:
+        raise UsageError(str(error)) from None
+    if args.clients < 1:
+        raise UsageError(f"--clients must be >= 1, got {args.clients}")
+    if args.repeats < 1:
+        raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    run_config = shared_run_config(args)
+    run_config.pop("out-dir", None)
+    run_config.pop("strategy", None)
+    parse_run_config(run_config)
+    plan = ComparePlan(
+        run_config=run_config,
+        strategies=strategies,
+        num_clients=args.clients,
+        repeats=args.repeats,
+        out_dir=Path(_absolute(args.out or str(_default_out_dir("compare")))),
+        centralized_data=args.centralized_data,
+    )
+    for strategy in strategies:
+        if strategy != "centralized":
+            check_federation_size(parse_run_config(plan.config_for(strategy, 0)), args.clients)
+    existing = plan.out_dir / "results.json"
+    if existing.exists():
+        raise UsageError(f"--out: {plan.out_dir} already holds results.json; choose another")
+    from gcfl.compare_view import run_with_progress
+
+    return run_with_progress(plan, args.argv)
+
+
 def command_config(args: argparse.Namespace) -> int:
     for spec in dataclasses.fields(GcflConfig):
         print(f"{spec.metadata['key']:<20} {spec.default!r:<36} {spec.metadata['help']}")
     return 0
 
 
-def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
+def _add_run_arguments(parser: argparse.ArgumentParser, with_strategy: bool = True) -> None:
     parser.add_argument("--rounds", type=int, help="federated rounds (num-server-rounds)")
     parser.add_argument(
         "--clients",
@@ -131,7 +171,8 @@ def _add_run_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_CLIENTS,
         help=f"simulated clients, one SuperNode each (default {DEFAULT_CLIENTS})",
     )
-    parser.add_argument("--strategy", help="gcfl (default) or fedavg")
+    if with_strategy:
+        parser.add_argument("--strategy", help="gcfl (default) or fedavg")
     parser.add_argument("--dataset", help="digits (default), mnist, cifar10 or a .npz file")
     parser.add_argument("--data-dir", help="folder with mnist.npz or CIFAR-10 files")
     parser.add_argument("--partition", help="slices (default), iid or dirichlet")
@@ -156,6 +197,23 @@ def make_parser() -> argparse.ArgumentParser:
     run = commands.add_parser("run", help="run one simulation (default: gcfl on digits)")
     _add_run_arguments(run)
     run.set_defaults(handler=command_run)
+    compare = commands.add_parser(
+        "compare", help="gcfl vs FedAvg vs centralised training, with tables and plots"
+    )
+    _add_run_arguments(compare, with_strategy=False)
+    compare.add_argument(
+        "--strategies",
+        default="gcfl,fedavg,centralized",
+        help="comma-separated: gcfl, fedavg, centralized (default all three)",
+    )
+    compare.add_argument("--repeats", type=int, default=1, help="seeds to run (seed, seed+1, ...)")
+    compare.add_argument(
+        "--centralized-data",
+        choices=("whole", "clients"),
+        default="whole",
+        help="centralized trains on the whole training set or the union of the clients' data",
+    )
+    compare.set_defaults(handler=command_compare)
     config = commands.add_parser("config", help="list every run-config key and its default")
     config.set_defaults(handler=command_config)
     return parser
@@ -163,6 +221,7 @@ def make_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
+    args.argv = list(sys.argv[1:] if argv is None else argv)
     try:
         return int(args.handler(args))
     except (UsageError, ConfigError, FederationSizeError) as error:

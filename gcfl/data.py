@@ -331,7 +331,7 @@ def partition_indices(
 
 
 @functools.lru_cache(maxsize=4)
-def _cached_partitions(
+def cached_partitions(
     name: str, data_dir: str, seed: int, kind: str, num_partitions: int, alpha: float
 ) -> tuple[np.ndarray, ...]:
     dataset = load_dataset(name, data_dir, seed)
@@ -364,7 +364,7 @@ def client_data(
             f"partition-id {partition_id} is outside [0, {num_partitions}) (num-partitions)"
         )
     dataset = load_dataset(name, data_dir, seed)
-    indices = _cached_partitions(name, data_dir, seed, partition, num_partitions, alpha)[
+    indices = cached_partitions(name, data_dir, seed, partition, num_partitions, alpha)[
         partition_id
     ]
     rng = np.random.default_rng([seed, _CLIENT_SPLIT_STREAM, partition_id])

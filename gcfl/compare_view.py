@@ -1,0 +1,96 @@
+"""The terminal side of ``gcfl compare``: a rich progress display, then the tables.
+
+Flower's and TensorFlow's own output goes to log files in the output folder:
+each simulation's ``flower.log``, and ``compare.log`` for whatever this process
+prints to stderr (TensorFlow's C++ start-up lines among it).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from gcfl.compare import ComparePlan, reproduce_command, run_comparison, write_report
+from gcfl.report.tables import outcome_table, rounds_table
+
+
+@contextlib.contextmanager
+def stderr_to(path: Path) -> Iterator[None]:
+    """Send this process's stderr (file descriptor 2, so C++ logs too) to ``path``."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with open(path, "ab") as log:
+        os.dup2(log.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
+
+
+def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+    table = Table(title=title, title_justify="left")
+    for index, name in enumerate(header):
+        table.add_column(name, justify="left" if index == 0 else "right")
+    for row in rows:
+        table.add_row(*row)
+    return table
+
+
+def run_with_progress(plan: ComparePlan, argv: list[str]) -> int:
+    """Run the comparison with a live progress display; print tables and paths at the end."""
+    console = Console()
+    plan.out_dir.mkdir(parents=True, exist_ok=True)
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    command = reproduce_command(argv)
+    console.print(
+        f"gcfl compare: {', '.join(plan.strategies)} on {plan.num_clients} clients, "
+        f"{plan.repeats} seed(s) {plan.seeds()}; output in {plan.out_dir}"
+    )
+    started = time.perf_counter()
+    columns = (
+        TextColumn("{task.description:<24}"),
+        BarColumn(),
+        MofNCompleteColumn(),
+        TextColumn("rounds"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress, stderr_to(plan.out_dir / "compare.log"):
+        tasks = {
+            (strategy, repeat): progress.add_task(
+                f"{strategy} seed {plan.seeds()[repeat]}",
+                total=plan.config_for(strategy, repeat).get("num-server-rounds", 10),
+                start=False,
+            )
+            for strategy, repeat in plan.jobs()
+        }
+
+        def on_job_start(strategy: str, repeat: int) -> None:
+            progress.start_task(tasks[(strategy, repeat)])
+
+        def on_round(strategy: str, repeat: int, done: int, total: int) -> None:
+            progress.update(tasks[(strategy, repeat)], completed=done, total=total)
+
+        def on_job_done(entry: dict) -> None:
+            task = tasks[(entry["strategy"], entry["repeat"])]
+            progress.update(task, completed=len(entry["rounds"]))
+            progress.stop_task(task)
+
+        runs = run_comparison(plan, on_job_start, on_round, on_job_done)
+        paths = write_report(plan, runs, command)
+    console.print(_rich_table("Test accuracy per round", *rounds_table(runs, "accuracy")))
+    console.print(_rich_table("Test loss per round", *rounds_table(runs, "loss")))
+    console.print(_rich_table("Outcome", *outcome_table(runs)))
+    console.print(f"wall time {time.perf_counter() - started:.1f} s")
+    for path in paths:
+        console.print(f"  {path}")
+    return 0

@@ -1,0 +1,1 @@
+"""Comparison reports: per-round statistics, CSV, Markdown summary and plots."""
