@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import re
+import signal
 import sys
 import time
 from collections.abc import Sequence
@@ -12,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
+from gcfl.data import DatasetError
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30
@@ -219,12 +221,19 @@ def make_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     args = make_parser().parse_args(argv)
     args.argv = list(sys.argv[1:] if argv is None else argv)
+    # SIGTERM (kill, a CI timeout) unwinds like Ctrl-C, so the SuperLink and
+    # everything below it are stopped rather than orphaned.
+    previous = signal.signal(signal.SIGTERM, _interrupt)
     try:
         return int(args.handler(args))
-    except (UsageError, ConfigError, FederationSizeError) as error:
+    except (UsageError, ConfigError, FederationSizeError, DatasetError) as error:
         print(f"gcfl: error: {error}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
@@ -233,6 +242,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     except RuntimeError as error:  # SimulationError, SuperLinkError
         print(f"gcfl: error: {error}", file=sys.stderr)
         return 1
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 if __name__ == "__main__":

@@ -31,3 +31,25 @@ def test_config_lists_every_key(capsys):
     assert main(["config"]) == 0
     listed = capsys.readouterr().out
     assert all(key in listed for key in config_keys())
+
+
+@pytest.mark.parametrize(
+    ("argv", "named"),
+    [
+        (["compare", "--strategies", "gcfl,fedprox"], "--strategies"),
+        (["compare", "--strategies", "gcfl,gcfl"], "--strategies"),
+        (["compare", "--rounds", "0"], "num-server-rounds"),
+        (["compare", "--fraction-fit", "0"], "fraction-fit"),
+        (["compare", "--fraction-fit", "1.01"], "fraction-fit"),
+        (["compare", "--dataset", "nowhere.npz"], "--dataset"),
+        (["compare", "--repeats", "0"], "--repeats"),
+        (["compare", "--clients", "2"], "elite"),
+        (["compare", "--set", "lr-max=0"], "lr-max"),
+        (["compare", "--set", "bogus=1"], "valid keys"),
+    ],
+)
+def test_compare_refuses_bad_arguments_before_training(argv, named, capsys, tmp_path):
+    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
+    error = capsys.readouterr().err
+    assert named in error and error.count("\n") == 1
+    assert not (tmp_path / "out").exists()

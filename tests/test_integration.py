@@ -122,3 +122,73 @@ def test_cli_refuses_too_few_clients_before_starting_anything(tmp_path):
     run = gcfl("run", "--rounds", "1", "--clients", "2", "--out", str(tmp_path / "small"))
     assert run.returncode == 2
     assert "elite" in run.stderr and "num-supernodes" in run.stderr
+
+
+def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
+    from gcfl.data import load_digits_dataset
+
+    digits = load_digits_dataset(seed=0)
+    npz = tmp_path / "small digits.npz"
+    import numpy as np
+
+    np.savez(
+        npz,
+        x_train=digits.x_train[:500, :, :, 0],
+        y_train=digits.y_train[:500],
+        x_test=digits.x_test[:120],
+        y_test=digits.y_test[:120],
+    )
+    out_dir = tmp_path / "cmp"
+    run = gcfl(
+        "compare", "--dataset", str(npz), "--rounds", "2", "--clients", "3", "--out", str(out_dir)
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    terminal = run.stdout + run.stderr
+    assert "oneDNN" not in terminal and "INFO" not in terminal  # TF and Flower noise in logs
+    assert "Test accuracy per round" in run.stdout and str(out_dir / "summary.md") in run.stdout
+
+    report = json.loads((out_dir / "results.json").read_text())
+    assert [r["strategy"] for r in report["runs"]] == ["gcfl", "fedavg", "centralized"]
+    for entry in report["runs"]:
+        assert [r["round"] for r in entry["rounds"]] == [1, 2]
+        assert entry["config"]["dataset"] == str(npz)
+    assert report["runs"][2]["config"]["training-samples"] == 500
+    rows = (out_dir / "rounds.csv").read_text().splitlines()
+    assert rows[0] == "round,strategy,repeat,accuracy,loss,seconds" and len(rows) == 7
+    summary = (out_dir / "summary.md").read_text()
+    assert "| round | gcfl | fedavg | centralized |" in summary
+    assert "--rounds 2" in summary
+    for name in ("accuracy", "loss", "clusters", "cluster_sizes", "lr_trajectories"):
+        assert (out_dir / f"{name}.png").stat().st_size > 5000
+    assert (out_dir / "compare.log").exists()
+
+
+def test_interrupted_run_stops_every_process(tmp_path, no_leftover_processes):
+    import signal
+    import time
+
+    process = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcfl.cli",
+            "run",
+            "--rounds",
+            "20",
+            "--clients",
+            "3",
+            "--out",
+            str(tmp_path / "out"),
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 300
+    for line in process.stdout:
+        if "round   1/20" in line or time.monotonic() > deadline:
+            break
+    process.send_signal(signal.SIGINT)
+    _, stderr = process.communicate(timeout=120)
+    assert process.returncode == 130, stderr
+    assert "interrupted" in stderr
