@@ -205,6 +205,26 @@ class GcflConfig:
             lambda v: None if v > 1 else "must be > 1",
         ),
     )
+    max_update_norm: float = field(
+        default=3.0,
+        metadata=_key(
+            "max-update-norm",
+            "refuse an update whose norm exceeds this times the global model's",
+            _positive,
+        ),
+    )
+    fault_rate: float = field(
+        default=0.0,
+        metadata=_key(
+            "fault-rate",
+            "probability that a fit raises (fault injection for testing)",
+            lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+        ),
+    )
+    resume: bool = field(
+        default=False,
+        metadata=_key("resume", "continue from out-dir's checkpoint", None),
+    )
     dataset: str = field(
         default="digits",
         metadata=_key("dataset", "digits, mnist, cifar10 or /abs/path.npz", _dataset),

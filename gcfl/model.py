@@ -87,8 +87,13 @@ def cached_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> k
     """One compiled model per process and architecture, reused by every fit and evaluation.
 
     Rebuilding or recompiling per fit costs seconds and retraces tf.functions;
-    callers set the weights and reset the optimizer instead.
+    callers set the weights and reset the optimizer instead. Ops are made
+    deterministic, so that the same weights, data and seed give the same
+    update: a resumed run then repeats an uninterrupted one exactly.
     """
+    import tensorflow as tf
+
+    tf.config.experimental.enable_op_determinism()
     return build_model(spec, input_shape, num_classes, seed=0)
 
 

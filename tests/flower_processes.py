@@ -89,7 +89,12 @@ def genetic_rule_violations(results: dict, elite: int, mutation: float) -> list[
                 return (0, c["val_loss"], c["id"]) if healthy else (1, 0.0, c["id"])
 
             ranked = sorted(members, key=key)
-            healthy = [c for c in members if key(c)[0] == 0] or members
+            round_healthy = [
+                c
+                for c in now.values()
+                if c["status"] in ("ok", "diverged", "refused") and key(c)[0] == 0
+            ]
+            healthy = [c for c in members if key(c)[0] == 0] or round_healthy or members
             for rank, client in enumerate(ranked):
                 if client["id"] not in nxt:
                     continue

@@ -1,5 +1,6 @@
 """The pure algorithm: features, DBSCAN groups, the genetic step, sampling, aggregation."""
 
+import json
 import math
 import subprocess
 import sys
@@ -12,12 +13,13 @@ from gcfl.strategy.clustering import NOISE, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.genetic import Member, evolve_group, mutate_lr, rank_by_fitness
 from gcfl.strategy.population import (
-    ClientState,
     GeneticPopulation,
     GeneticSettings,
     Report,
     random_hyperparameters,
     reclusters_in,
+    states_from_dict,
+    states_to_dict,
 )
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
@@ -129,6 +131,16 @@ class TestGenetic:
         assert first == evolve_group(group, 2, 0.1, rng(5))
         assert any(evolve_group(group, 2, 0.1, rng(s)) != first for s in range(6, 10))
 
+    def test_group_without_healthy_member_breeds_from_the_fallback(self):
+        group = [Member(0, 5.0, 16, None, healthy=False), Member(1, 8.0, 32, math.inf)]
+        fallback = [Member(7, 1e-4, 64, 0.2)]
+        result = evolve_group(group, elite=2, mutation=0.1, rng=rng(), fallback_parents=fallback)
+        for pair in result.values():
+            assert any(math.isclose(pair.lr, 1e-4 * f) for f in (0.9, 1.0, 1.1))
+            assert pair.batch_size == 64
+        alone = evolve_group(group, elite=2, mutation=0.1, rng=rng())
+        assert all(pair.lr >= 4.5 for pair in alone.values())
+
     def test_unhealthy_member_never_keeps_its_pair(self):
         group = [Member(0, 5.0, 16, None, healthy=False), Member(1, 1e-4, 32, 0.3)]
         result = evolve_group(group, elite=2, mutation=0.1, rng=rng())
@@ -212,11 +224,12 @@ class TestPopulation:
         pop.step(1, {0: Report(1e-3, 64, 0.5, "ok")})
         assert pop.assignment(0) is not None and pop.assignment(1) is None
 
-    def test_state_dict_is_plain_data(self):
-        state = population(3).state_dict()
-        assert set(state["clients"]) == {"0", "1", "2"}
-        assert state["rng"]["bit_generator"] == "PCG64"
-        assert isinstance(ClientState(1e-4, 32).lr, float)
+    def test_states_round_trip_through_plain_data(self):
+        pop = population(3)
+        pop.step(1, reports_for(pop, {0: 0.5, 1: math.inf, 2: 0.1}))
+        data = json.loads(json.dumps(states_to_dict(pop.states)))
+        assert set(data) == {"0", "1", "2"}
+        assert states_from_dict(data) == pop.states
 
 
 class TestSampling:

@@ -11,6 +11,13 @@ from flwr.common import Config, NDArrays, Scalar
 from gcfl.config import GcflConfig
 from gcfl.data import client_data, load_dataset
 
+FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
+
+
+class InjectedFault(RuntimeError):
+    """A failure injected on purpose by ``fault-rate``, to test that runs survive failures."""
+
+
 # Keys of the per-client fit config the strategy sends.
 FIT_ROUND, FIT_LR, FIT_BATCH_SIZE, FIT_SEARCH = "server-round", "lr", "batch-size", "search"
 
@@ -37,6 +44,14 @@ class GcflClient(NumPyClient):
         from gcfl.model import cached_model
 
         cfg = self.config
+        server_round = int(config[FIT_ROUND])
+        if cfg.fault_rate > 0:
+            draw = np.random.default_rng([cfg.seed, FAULT_STREAM, server_round, self.partition_id])
+            if draw.random() < cfg.fault_rate:
+                raise InjectedFault(
+                    f"fault-rate={cfg.fault_rate}: injected failure of client "
+                    f"{self.partition_id} in round {server_round}"
+                )
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
         data = client_data(
             cfg.dataset,
@@ -49,7 +64,6 @@ class GcflClient(NumPyClient):
             cfg.val_fraction,
         )
         model = cached_model(cfg.model, dataset.input_shape, dataset.num_classes)
-        server_round = int(config[FIT_ROUND])
         fit_seed = int(
             np.random.SeedSequence([cfg.seed, server_round, self.partition_id]).generate_state(1)[0]
         )

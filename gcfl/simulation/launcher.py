@@ -110,9 +110,10 @@ def simulate(
         raise SimulationError(f"num-supernodes must be >= 1, got {num_supernodes}")
     check_federation_size(config, num_supernodes)
     out_dir = Path(config.out_dir)
-    if (out_dir / RESULTS_FILE).exists():
+    if (out_dir / RESULTS_FILE).exists() and not config.resume:
         raise SimulationError(
-            f"{out_dir / RESULTS_FILE} already exists; choose another output folder"
+            f"{out_dir / RESULTS_FILE} already exists; choose another output folder, or set "
+            "resume=true to continue that run"
         )
     out_dir.mkdir(parents=True, exist_ok=True)
     log_file = out_dir / LOG_FILE

@@ -9,6 +9,23 @@ import numpy as np
 Weights = list[np.ndarray]
 
 
+def update_ratio(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float | None:
+    """||update - reference|| / ||reference||: how far one round moves the global model.
+
+    None when the reference is all zeros (no scale to compare against).
+    """
+    scale = np.sqrt(sum(float(np.sum(np.square(o, dtype=np.float64))) for o in reference))
+    if scale == 0:
+        return None
+    delta = np.sqrt(
+        sum(
+            float(np.sum(np.square(n.astype(np.float64) - o)))
+            for n, o in zip(update, reference, strict=True)
+        )
+    )
+    return float(delta / scale)
+
+
 def update_problem(
     update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
 ) -> str | None:
@@ -20,13 +37,9 @@ def update_problem(
             return f"array {index} has shape {new.shape}, expected {old.shape}"
         if not np.all(np.isfinite(new)):
             return f"array {index} has non-finite values"
-    if max_update_norm is not None:
-        delta = np.sqrt(
-            sum(float(np.sum((n - o) ** 2)) for n, o in zip(update, reference, strict=True))
-        )
-        scale = np.sqrt(sum(float(np.sum(o**2)) for o in reference))
-        if delta > max_update_norm * max(scale, 1e-12):
-            return f"update norm {delta:.3g} exceeds {max_update_norm} x global norm {scale:.3g}"
+    ratio = update_ratio(update, reference)
+    if max_update_norm is not None and ratio is not None and ratio > max_update_norm:
+        return f"update norm is {ratio:.3g} x the global model's, above max-update-norm"
     return None
 
 

@@ -28,7 +28,7 @@ from flwr.server.client_proxy import ClientProxy
 from flwr.server.strategy import FedAvg
 
 from gcfl.config import GcflConfig
-from gcfl.strategy.aggregation import update_problem, weighted_average
+from gcfl.strategy.aggregation import update_problem, update_ratio, weighted_average
 from gcfl.strategy.features import SearchSpace
 from gcfl.strategy.genetic import Hyperparameters
 from gcfl.strategy.population import (
@@ -38,6 +38,8 @@ from gcfl.strategy.population import (
     HyperparameterPolicy,
     Report,
     Status,
+    states_from_dict,
+    states_to_dict,
 )
 from gcfl.strategy.sampling import check_federation_size, num_sampled, sample_clients
 
@@ -129,6 +131,11 @@ class GeneticClusteredFedAvg(FedAvg):
         self.nodes: dict[int, ClientProxy] = {}
         self.policy: HyperparameterPolicy | None = None
         self._round: _RoundInProgress | None = None
+        # Flower counts each run's rounds from 1; a resumed run continues after the
+        # checkpoint's rounds, so its round r is round r + round_offset.
+        self.round_offset = 0
+        self.completed_rounds = 0
+        self._restored: dict[str, Any] | None = None
 
     def __repr__(self) -> str:
         return f"GeneticClusteredFedAvg(strategy={self.config.strategy!r})"
@@ -139,8 +146,44 @@ class GeneticClusteredFedAvg(FedAvg):
         self.nodes = discover_partitions(client_manager, self.config.probe_timeout)
         check_federation_size(self.config, len(self.nodes))
         self.policy = make_policy(self.config, sorted(self.nodes), self.algorithm_rng)
+        if self._restored is not None:
+            self._apply_restored(self._restored)
         log(INFO, "gcfl: %d clients (partition ids 0..%d)", len(self.nodes), len(self.nodes) - 1)
         return self.initial_parameters
+
+    # ------------------------------------------------------------ checkpoint
+    def checkpoint_state(self) -> dict[str, Any]:
+        """Everything needed to continue exactly after the last completed round."""
+        assert self.policy is not None
+        return {
+            "completed_rounds": self.completed_rounds,
+            "sampling_rng": self.sampling_rng.bit_generator.state,
+            "algorithm_rng": self.algorithm_rng.bit_generator.state,
+            "clients": states_to_dict(self.policy.states),
+        }
+
+    def restore(self, state: dict[str, Any]) -> None:
+        """Continue from a checkpoint: applied once the federation is known, before round 1."""
+        self.round_offset = self.completed_rounds = int(state["completed_rounds"])
+        self._restored = state
+
+    def _apply_restored(self, state: dict[str, Any]) -> None:
+        assert self.policy is not None
+        clients = states_from_dict(state["clients"])
+        if sorted(clients) != sorted(self.nodes):
+            raise StrategySetupError(
+                f"the checkpoint holds clients {sorted(clients)}, but the federation has "
+                f"{sorted(self.nodes)}; resume with the same number of SuperNodes"
+            )
+        self.policy.states.clear()
+        self.policy.states.update(clients)
+        # After make_policy: its random init must not advance the restored Generators.
+        self.sampling_rng.bit_generator.state = state["sampling_rng"]
+        self.algorithm_rng.bit_generator.state = state["algorithm_rng"]
+
+    def _absolute(self, server_round: int) -> int:
+        """The round number across resumes (Flower restarts its count at 1)."""
+        return server_round + self.round_offset if server_round else 0
 
     # -------------------------------------------------------------------- fit
     def configure_fit(
@@ -148,6 +191,7 @@ class GeneticClusteredFedAvg(FedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients with the seeded Generator; give each its own FitIns."""
         assert self.policy is not None, "initialize_parameters was not called"
+        server_round = self._absolute(server_round)
         count = num_sampled(len(self.nodes), self.config.fraction_fit, self.config.min_fit_clients)
         sampled = sample_clients(list(self.nodes), count, self.sampling_rng)
         assigned = {cid: self.policy.assignment(cid) for cid in sampled}
@@ -172,6 +216,7 @@ class GeneticClusteredFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Check each update, average the accepted ones, and evolve the hyperparameters."""
         assert self.policy is not None and self._round is not None
+        server_round = self._absolute(server_round)
         current = self._round
         partition_of = {proxy.cid: cid for cid, proxy in self.nodes.items()}
         replies: dict[int, FitRes] = {}
@@ -240,7 +285,9 @@ class GeneticClusteredFedAvg(FedAvg):
         update = None
         if metrics["status"] == "ok":
             weights = parameters_to_ndarrays(reply.parameters)
-            problem = update_problem(weights, current.global_weights, None)
+            problem = update_problem(weights, current.global_weights, self.config.max_update_norm)
+            ratio = update_ratio(weights, current.global_weights) if problem is None else None
+            record["update_ratio"] = None if ratio is None else round(ratio, 6)
             if problem is None and reply.num_examples <= 0:
                 problem = "num_examples must be > 0"
             if problem is None:
@@ -266,6 +313,8 @@ class GeneticClusteredFedAvg(FedAvg):
         current = self._round
         if server_round == 0 or current is None:
             return result
+        server_round = self._absolute(server_round)
+        self.completed_rounds = server_round
         loss, metrics = result if result is not None else (None, {})
         record = {
             "round": server_round,

@@ -61,8 +61,16 @@ def offspring(
     return Hyperparameters(mutate_lr(lr_parent.lr, mutation, rng), batch_parent.batch_size)
 
 
+def is_healthy(member: Member) -> bool:
+    return fitness_key(member)[0] == 0
+
+
 def evolve_group(
-    members: Sequence[Member], elite: int, mutation: float, rng: np.random.Generator
+    members: Sequence[Member],
+    elite: int,
+    mutation: float,
+    rng: np.random.Generator,
+    fallback_parents: Sequence[Member] = (),
 ) -> dict[int, Hyperparameters]:
     """Next hyperparameters of every member of one group, keyed by client id.
 
@@ -70,16 +78,19 @@ def evolve_group(
     offspring. Offspring go to the members that did not make the elite, each to
     its own id (never by position in the group).
 
-    A member whose last fit diverged or failed never keeps its pair, even in a
-    group no larger than the elite, and breeds only when no member is healthy:
-    otherwise a lone diverging client would keep its exploding lr forever.
+    A member whose last fit diverged or was refused never keeps its pair, even
+    in a group no larger than the elite, and never breeds while a healthy
+    member exists: otherwise a diverging client would keep or spread its
+    exploding lr. A group without a healthy member breeds from
+    ``fallback_parents`` (the round's healthy clients), or from itself when
+    there are none.
     """
     ranked = rank_by_fitness(members)
-    healthy = [m for m in members if fitness_key(m)[0] == 0]
-    parents = sorted(healthy or members, key=lambda m: m.client_id)
+    healthy = [m for m in members if is_healthy(m)]
+    parents = sorted(healthy or fallback_parents or members, key=lambda m: m.client_id)
     result: dict[int, Hyperparameters] = {}
     for rank, member in enumerate(ranked):
-        if rank < elite and fitness_key(member)[0] == 0:
+        if rank < elite and is_healthy(member):
             result[member.client_id] = Hyperparameters(member.lr, member.batch_size)
         else:
             result[member.client_id] = offspring(parents, mutation, rng)

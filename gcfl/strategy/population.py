@@ -16,7 +16,7 @@ import numpy as np
 
 from gcfl.strategy.clustering import NOISE, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
-from gcfl.strategy.genetic import Hyperparameters, Member, evolve_group
+from gcfl.strategy.genetic import Hyperparameters, Member, evolve_group, is_healthy
 
 Status = Literal["ok", "diverged", "refused", "failed"]
 TRAINED: frozenset[str] = frozenset({"ok", "diverged", "refused"})
@@ -157,12 +157,14 @@ class GeneticPopulation:
         labels = self._labels(server_round, trained)
         for cid, label in labels.items():
             self.states[cid].cluster = label
+        healthy = [m for m in (self._member(cid) for cid in trained) if is_healthy(m)]
         for members in groups(list(labels), list(labels.values())).values():
             new_pairs = evolve_group(
                 [self._member(cid) for cid in members],
                 self.settings.elite,
                 self.settings.mutation,
                 self.rng,
+                fallback_parents=healthy,
             )
             for cid, pair in new_pairs.items():
                 self.states[cid].lr, self.states[cid].batch_size = pair.lr, pair.batch_size
@@ -193,9 +195,12 @@ class GeneticPopulation:
             healthy=state.status == "ok",
         )
 
-    def state_dict(self) -> dict[str, Any]:
-        """Everything needed to continue the algorithm exactly, as JSON-ready data."""
-        return {
-            "clients": {str(cid): vars(state).copy() for cid, state in self.states.items()},
-            "rng": self.rng.bit_generator.state,
-        }
+
+def states_to_dict(states: Mapping[int, ClientState]) -> dict[str, dict[str, Any]]:
+    """Client states as JSON-ready data (keys become strings)."""
+    return {str(cid): vars(state).copy() for cid, state in sorted(states.items())}
+
+
+def states_from_dict(data: Mapping[str, Mapping[str, Any]]) -> dict[int, ClientState]:
+    """The inverse of :func:`states_to_dict`."""
+    return {int(cid): ClientState(**fields) for cid, fields in data.items()}
