@@ -22,26 +22,38 @@ class ModelError(ValueError):
     """The ``model`` run-config value does not name a usable builder."""
 
 
-def build_seed_cnn(input_shape: tuple[int, ...], num_classes: int) -> keras.Model:
+def build_seed_cnn(input_shape: tuple[int, ...], num_classes: int, seed: int = 0) -> keras.Model:
     """Seed In [6]: three Conv-Conv-MaxPool blocks (32, 64, 128 filters), Dense 128, softmax.
 
     550,570 parameters on 32x32x3 with 10 classes. Needs inputs of at least 8x8
-    (three 2x2 poolings).
+    (three 2x2 poolings). Every initializer gets an explicit seed derived from
+    ``seed``: Keras otherwise draws initializer seeds from Python's global
+    ``random``, which Flower's server threads use too, so the same seed would
+    not always give the same initial model.
     """
     import keras
     from keras import layers
 
     if len(input_shape) != 3 or min(input_shape[:2]) < 8:
         raise ModelError(f"the seed CNN needs (H, W, C) inputs of at least 8x8, got {input_shape}")
+    seeds = iter(np.random.SeedSequence(seed).generate_state(8))
+
+    def glorot() -> keras.initializers.Initializer:
+        return keras.initializers.GlorotUniform(seed=int(next(seeds)))
+
     model = keras.Sequential(name="seed_cnn")
     model.add(keras.Input(shape=input_shape))
     for filters in (32, 64, 128):
-        model.add(layers.Conv2D(filters, (3, 3), padding="same", activation="relu"))
-        model.add(layers.Conv2D(filters, (3, 3), padding="same", activation="relu"))
+        for _ in range(2):
+            model.add(
+                layers.Conv2D(
+                    filters, (3, 3), padding="same", activation="relu", kernel_initializer=glorot()
+                )
+            )
         model.add(layers.MaxPool2D((2, 2)))
     model.add(layers.Flatten())
-    model.add(layers.Dense(128, activation="relu"))
-    model.add(layers.Dense(num_classes, activation="softmax"))
+    model.add(layers.Dense(128, activation="relu", kernel_initializer=glorot()))
+    model.add(layers.Dense(num_classes, activation="softmax", kernel_initializer=glorot()))
     return model
 
 
@@ -75,10 +87,16 @@ def compile_for_training(model: keras.Model) -> keras.Model:
 def build_model(
     spec: str, input_shape: tuple[int, ...], num_classes: int, seed: int
 ) -> keras.Model:
-    """A freshly initialised, compiled model; the same ``seed`` gives the same weights."""
+    """A freshly initialised, compiled model; the seed CNN gives the same weights for a seed.
+
+    A builder named in ``model`` is called as ``builder(input_shape, num_classes)``;
+    to be reproducible under Flower it should seed its initializers itself.
+    """
     import keras
 
     keras.utils.set_random_seed(seed)
+    if not spec:
+        return compile_for_training(build_seed_cnn(tuple(input_shape), num_classes, seed))
     return compile_for_training(resolve_builder(spec)(tuple(input_shape), num_classes))
 
 
@@ -87,14 +105,31 @@ def cached_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> k
     """One compiled model per process and architecture, reused by every fit and evaluation.
 
     Rebuilding or recompiling per fit costs seconds and retraces tf.functions;
-    callers set the weights and reset the optimizer instead. Ops are made
-    deterministic, so that the same weights, data and seed give the same
-    update: a resumed run then repeats an uninterrupted one exactly.
+    callers set the weights and reset the optimizer instead.
     """
+    return build_model(spec, input_shape, num_classes, seed=0)
+
+
+def make_training_reproducible() -> None:
+    """Same weights, data and seed give the same update, bit for bit, in this process.
+
+    Deterministic ops, one thread per op and no oneDNN (whose results vary
+    with thread scheduling): a resumed run then repeats an uninterrupted one.
+    One thread also fits Flower's one-CPU-per-client simulation, where more
+    threads per actor only oversubscribe the cores. Call before TensorFlow
+    runs its first op; later calls are no-ops.
+    """
+    import os
+
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
-    return build_model(spec, input_shape, num_classes, seed=0)
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(1)
+        tf.config.threading.set_inter_op_parallelism_threads(1)
+    except RuntimeError:
+        pass  # TensorFlow already initialised in this process (a reused actor)
 
 
 def reset_optimizer(model: keras.Model, lr: float) -> float:

@@ -40,8 +40,10 @@ class GcflClient(NumPyClient):
         return {"partition-id": self.partition_id, "num-partitions": self.num_partitions}
 
     def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        from gcfl.model import cached_model, make_training_reproducible
+
+        make_training_reproducible()
         from gcfl.client.training import fit_once, search_init
-        from gcfl.model import cached_model
 
         cfg = self.config
         server_round = int(config[FIT_ROUND])
