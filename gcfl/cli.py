@@ -159,6 +159,46 @@ def command_compare(args: argparse.Namespace) -> int:
     return run_with_progress(plan, args.argv)
 
 
+def command_deploy(args: argparse.Namespace) -> int:
+    from gcfl.deploy.local import deploy
+
+    if args.nodes < 1:
+        raise UsageError(f"--nodes must be >= 1, got {args.nodes}")
+    run_config = {}
+    for assignment in args.set or []:
+        key, value = parse_assignment(assignment)
+        run_config[key] = value
+    if args.rounds is not None:
+        run_config["num-server-rounds"] = args.rounds
+    run_config["out-dir"] = _absolute(
+        args.out or run_config.get("out-dir") or str(_default_out_dir("deploy"))
+    )
+    config = parse_run_config(run_config)
+    check_federation_size(config, args.nodes)
+    security = (
+        "insecure (no TLS, no SuperNode authentication)"
+        if args.insecure
+        else ("TLS and SuperNode authentication")
+    )
+    print(
+        f"gcfl deploy: a SuperLink and {args.nodes} SuperNodes"
+        f"{' in network namespaces' if args.netns else ''}, {security}; "
+        f"results in {run_config['out-dir']}",
+        flush=True,
+    )
+    echo = (
+        (lambda line: print(line, flush=True))
+        if args.verbose
+        else (lambda line: _print_progress(line, config.num_server_rounds))
+    )
+    result = deploy(run_config, args.nodes, insecure=args.insecure, netns=args.netns, on_line=echo)
+    print_rounds_table(result.results)
+    print(f"\nwall time {result.seconds:.1f} s (run {result.run_id})")
+    print(f"results: {result.out_dir / 'results.json'}")
+    print(f"logs:    {result.log_dir}")
+    return 0
+
+
 def command_config(args: argparse.Namespace) -> int:
     for spec in dataclasses.fields(GcflConfig):
         print(f"{spec.metadata['key']:<20} {spec.default!r:<36} {spec.metadata['help']}")
@@ -216,6 +256,19 @@ def make_parser() -> argparse.ArgumentParser:
         help="centralized trains on the whole training set or the union of the clients' data",
     )
     compare.set_defaults(handler=command_compare)
+    deploy = commands.add_parser(
+        "deploy", help="run on a local SuperLink and SuperNodes (TLS, SuperNode auth)"
+    )
+    deploy.add_argument("--nodes", type=int, default=3, help="SuperNodes, one per client")
+    deploy.add_argument("--rounds", type=int, help="federated rounds (num-server-rounds)")
+    deploy.add_argument("--insecure", action="store_true", help="no TLS, no authentication")
+    deploy.add_argument(
+        "--netns", action="store_true", help="each SuperNode in its own network namespace (root)"
+    )
+    deploy.add_argument("--out", help="results folder (default ./gcfl-results/deploy-<time>)")
+    deploy.add_argument("--set", action="append", metavar="KEY=VALUE", help="run-config key")
+    deploy.add_argument("--verbose", action="store_true", help="show Flower's full log")
+    deploy.set_defaults(handler=command_deploy)
     config = commands.add_parser("config", help="list every run-config key and its default")
     config.set_defaults(handler=command_config)
     return parser

@@ -125,49 +125,45 @@ def simulate(
         write_run_config_toml(overrides, {k: v for k, v in run_config.items()})
         started = time.perf_counter()
         with LocalSuperLink(work / "flwr-home", work / "ray", out_dir / "superlink.log") as link:
-            run_id = _run_streamed(
-                link, app_directory(work), overrides, num_supernodes, client_cpus, log_file, on_line
-            )
-            status = run_status(link, run_id)
+            command = [
+                flower_command("flwr"),
+                "run",
+                str(app_directory(work)),
+                CONNECTION_NAME,
+                "--stream",
+                "--run-config",
+                str(overrides),
+                "--federation-config",
+                f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
+            ]
+            run_id = stream_flwr_run(command, link.env, log_file, on_line)
+            status = run_status(link.env, CONNECTION_NAME, run_id)
         seconds = time.perf_counter() - started
     finally:
         if own_work_dir:
             shutil.rmtree(work, ignore_errors=True)
     if not status.startswith("finished:completed"):
         raise SimulationError(
-            f"run {run_id} ended as {status!r}; see {log_file}" + _last_error(log_file)
+            f"run {run_id} ended as {status!r}; see {log_file}" + last_error(log_file)
         )
     if not (out_dir / RESULTS_FILE).is_file():
         raise SimulationError(f"run {run_id} completed but wrote no {RESULTS_FILE}; see {log_file}")
     return SimulationResult(run_id, config, out_dir, read_results(out_dir), log_file, seconds)
 
 
-def _run_streamed(
-    link: LocalSuperLink,
-    app: Path,
-    overrides: Path,
-    num_supernodes: int,
-    client_cpus: int,
+def stream_flwr_run(
+    command: list[str],
+    env: dict[str, str],
     log_file: Path,
     on_line: Callable[[str], None] | None,
 ) -> int:
-    command = [
-        flower_command("flwr"),
-        "run",
-        str(app),
-        CONNECTION_NAME,
-        "--stream",
-        "--run-config",
-        str(overrides),
-        "--federation-config",
-        f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
-    ]
+    """Run ``flwr run ... --stream``: every line to ``log_file`` and ``on_line``; the run id."""
     run_id = None
     with (
         open(log_file, "a", encoding="utf-8") as log,
         subprocess.Popen(
             command,
-            env=link.env,
+            env=env,
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             stdin=subprocess.DEVNULL,
@@ -189,16 +185,16 @@ def _run_streamed(
             raise
     if run_id is None:
         raise SimulationError(
-            f"flwr run did not start a run; see {log_file}" + _last_error(log_file)
+            f"flwr run did not start a run; see {log_file}" + last_error(log_file)
         )
     return run_id
 
 
-def run_status(link: LocalSuperLink, run_id: int) -> str:
+def run_status(env: dict[str, str], connection: str, run_id: int) -> str:
     """The run's final status as Flower reports it, e.g. ``finished:completed``."""
     listing = subprocess.run(
-        [flower_command("flwr"), "ls", CONNECTION_NAME, "--run-id", str(run_id), "--format=json"],
-        env=link.env,
+        [flower_command("flwr"), "ls", connection, "--run-id", str(run_id), "--format=json"],
+        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -211,7 +207,7 @@ def run_status(link: LocalSuperLink, run_id: int) -> str:
         return f"unknown (flwr ls said: {listing.stdout.strip() or listing.stderr.strip()})"
 
 
-def _last_error(log_file: Path) -> str:
+def last_error(log_file: Path) -> str:
     """The last error Flower logged (a boxed CLI error or an ERROR line), for a message."""
     try:
         lines = log_file.read_text(encoding="utf-8", errors="replace").splitlines()

@@ -1,0 +1,1 @@
+"""Deployment: SuperLink and SuperNodes as separate processes (or containers), TLS and auth."""

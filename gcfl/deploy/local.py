@@ -1,0 +1,224 @@
+"""``gcfl deploy``: the deployment topology as local processes, one run, then clean-up.
+
+Starts a SuperLink (TLS and SuperNode authentication unless ``insecure``),
+registers every SuperNode's public key, starts the SuperNodes (each, with
+``netns``, in a network namespace of its own behind a virtual Ethernet pair,
+so that its traffic really crosses a network), submits the App with
+``flwr run --stream``, checks the run's status and results, and stops every
+process it started, also on failure or Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import shutil
+import ssl
+import subprocess
+import tempfile
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from gcfl.config import parse_run_config
+from gcfl.deploy.credentials import create_node_keys, create_tls
+from gcfl.deploy.netns import NamespaceNetwork
+from gcfl.deploy.topology import (
+    CONNECTION_NAME,
+    CertificatePaths,
+    connection_toml,
+    register_command,
+    superlink_command,
+    supernode_command,
+)
+from gcfl.server.results import RESULTS_FILE, read_results
+from gcfl.simulation.launcher import (
+    LOG_FILE,
+    SimulationError,
+    app_directory,
+    last_error,
+    run_status,
+    stream_flwr_run,
+    write_run_config_toml,
+)
+from gcfl.simulation.superlink import flower_command, free_port, stop_process_tree, tool_environment
+from gcfl.strategy.sampling import check_federation_size
+
+STARTUP_TIMEOUT_S = 60.0
+
+
+class DeploymentError(RuntimeError):
+    """A deployed process did not start or the run failed; the message says where to look."""
+
+
+@dataclass(frozen=True)
+class DeploymentResult:
+    run_id: int
+    out_dir: Path
+    results: dict[str, Any]
+    seconds: float
+    log_dir: Path
+
+
+def _resolve(command: list[str]) -> list[str]:
+    return [flower_command(command[0]), *command[1:]]
+
+
+class Deployment:
+    """The processes of one deployment; ``stop`` ends all of them."""
+
+    def __init__(self, work: Path, log_dir: Path, env: dict[str, str]) -> None:
+        self.work = work
+        self.log_dir = log_dir
+        self.env = env
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+
+    def start(self, name: str, command: list[str], prefix: list[str] | None = None) -> None:
+        log = open(self.log_dir / f"{name}.log", "ab")  # noqa: SIM115 - owned by the process
+        self.processes[name] = subprocess.Popen(
+            [*(prefix or []), *_resolve(command)],
+            env=self.env,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            start_new_session=True,
+        )
+        log.close()
+
+    def check_alive(self) -> None:
+        for name, process in self.processes.items():
+            if process.poll() is not None:
+                raise DeploymentError(
+                    f"{name} exited with code {process.returncode}; see "
+                    f"{self.log_dir / (name + '.log')}"
+                )
+
+    def stop(self) -> None:
+        for process in reversed(list(self.processes.values())):
+            stop_process_tree(process.pid)
+        self.processes.clear()
+
+
+def _wait_for_superlink(address: str, ca_certificate: Path | None, deployment: Deployment) -> None:
+    scheme = "http" if ca_certificate is None else "https"
+    context = (
+        None if ca_certificate is None else ssl.create_default_context(cafile=str(ca_certificate))
+    )
+    deadline = time.monotonic() + STARTUP_TIMEOUT_S
+    while time.monotonic() < deadline:
+        deployment.check_alive()
+        try:
+            with urllib.request.urlopen(
+                f"{scheme}://{address}/health", timeout=1, context=context
+            ) as reply:
+                if reply.status == 200:
+                    return
+        except (urllib.error.URLError, OSError):
+            time.sleep(0.2)
+    raise DeploymentError(f"the SuperLink did not answer at {address} within {STARTUP_TIMEOUT_S}s")
+
+
+def deploy(
+    run_config: Mapping[str, Any],
+    num_nodes: int,
+    *,
+    insecure: bool = False,
+    netns: bool = False,
+    on_line: Callable[[str], None] | None = None,
+) -> DeploymentResult:
+    """Run the gcfl App on a local SuperLink and ``num_nodes`` SuperNodes; return the results."""
+    config = parse_run_config(run_config)
+    if not config.out_dir:
+        raise DeploymentError("out-dir must be set to an absolute folder for the results")
+    check_federation_size(config, num_nodes)
+    out_dir = Path(config.out_dir)
+    if (out_dir / RESULTS_FILE).exists() and not config.resume:
+        raise DeploymentError(f"{out_dir / RESULTS_FILE} already exists; choose another folder")
+    log_dir = out_dir / "deploy-logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    work = Path(tempfile.mkdtemp(prefix="gcfl-deploy-"))
+    flwr_home = work / "flwr-home"
+    flwr_home.mkdir()
+    env = tool_environment(flwr_home, work / "ray")
+    env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    deployment = Deployment(work, log_dir, env)
+    network = NamespaceNetwork(num_nodes) if netns else None
+    started = time.perf_counter()
+    try:
+        if network is not None:
+            network.create()
+        listen_host = network.host_address if network else "127.0.0.1"
+        port = free_port()
+        address = f"{listen_host}:{port}"
+        certs = None
+        if not insecure:
+            folder = work / "certs"
+            create_tls(folder, addresses=("127.0.0.1", listen_host))
+            create_node_keys(folder, num_nodes)
+            certs = CertificatePaths(str(folder))
+        (flwr_home / "config.toml").write_text(
+            connection_toml(address, certs.ca_certificate if certs else None), encoding="utf-8"
+        )
+        bind_host = "0.0.0.0" if network else "127.0.0.1"
+        deployment.start(
+            "superlink",
+            superlink_command(host=bind_host, port=port, certs=certs),
+        )
+        _wait_for_superlink(address, Path(certs.ca_certificate) if certs else None, deployment)
+        for index in range(num_nodes):
+            if certs is not None:
+                _register(index, certs, env, log_dir)
+            deployment.start(
+                f"supernode-{index}",
+                supernode_command(
+                    index, num_nodes, superlink=address, certs=certs, port=free_port()
+                ),
+                prefix=network.exec_prefix(index) if network else None,
+            )
+        overrides = work / "run-config.toml"
+        write_run_config_toml(overrides, dict(run_config))
+        run_id = stream_flwr_run(
+            [
+                flower_command("flwr"),
+                "run",
+                str(app_directory(work)),
+                CONNECTION_NAME,
+                "--stream",
+                "--run-config",
+                str(overrides),
+            ],
+            env,
+            out_dir / LOG_FILE,
+            on_line,
+        )
+        status = run_status(env, CONNECTION_NAME, run_id)
+    finally:
+        deployment.stop()
+        if network is not None:
+            network.destroy()
+        shutil.rmtree(work, ignore_errors=True)
+    seconds = time.perf_counter() - started
+    if not status.startswith("finished:completed"):
+        raise SimulationError(
+            f"run {run_id} ended as {status!r}; see {out_dir / LOG_FILE} and {log_dir}"
+            + last_error(out_dir / LOG_FILE)
+        )
+    return DeploymentResult(run_id, out_dir, read_results(out_dir), seconds, log_dir)
+
+
+def _register(index: int, certs: CertificatePaths, env: dict[str, str], log_dir: Path) -> None:
+    result = subprocess.run(
+        _resolve(register_command(index, certs, CONNECTION_NAME)),
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+    (log_dir / f"register-{index}.log").write_text(result.stdout + result.stderr)
+    if result.returncode != 0:
+        raise DeploymentError(
+            f"registering SuperNode {index}'s key failed; see {log_dir / f'register-{index}.log'}"
+        )

@@ -1,0 +1,146 @@
+"""The deployment topology: which Flower processes run, with which flags.
+
+This is the one place that defines the SuperLink's and the SuperNodes'
+command lines. ``gcfl deploy`` runs them as local processes; the committed
+``docker-compose.yml`` is generated from the same functions
+(``python -m gcfl.deploy.compose``), and a test checks that it still matches.
+
+Flower 1.42: the SuperLink serves its Fleet, Control and Runtime APIs on one
+port (``--host``/``--port``); a SuperNode reaches it with ``--superlink
+HOST:PORT`` while its own ``--host``/``--port`` is its local API for the app
+processes it starts (``--isolation subprocess``: the SuperLink runs the
+ServerApp, each SuperNode its ClientApps, no separate executor service).
+SuperNode authentication needs TLS and each node's public key registered with
+``flwr supernode register`` before the node connects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+SUPERLINK_PORT = 9093
+SUPERNODE_PORT = 9094
+CONNECTION_NAME = "gcfl-deploy"
+
+
+@dataclass(frozen=True)
+class CertificatePaths:
+    """Where each process finds its TLS files and keys (host or container paths)."""
+
+    folder: str
+
+    @property
+    def ca_certificate(self) -> str:
+        return f"{self.folder}/ca.crt"
+
+    @property
+    def server_certificate(self) -> str:
+        return f"{self.folder}/server.pem"
+
+    @property
+    def server_key(self) -> str:
+        return f"{self.folder}/server.key"
+
+    def node_private_key(self, index: int) -> str:
+        return f"{self.folder}/supernode-{index}"
+
+    def node_public_key(self, index: int) -> str:
+        return f"{self.folder}/supernode-{index}.pub"
+
+
+@dataclass(frozen=True)
+class Service:
+    """One process of the deployment."""
+
+    name: str
+    command: list[str]
+    depends_on: list[str] = field(default_factory=list)
+
+
+def superlink_command(
+    *,
+    host: str,
+    port: int,
+    certs: CertificatePaths | None,
+    database: str | None = None,
+) -> list[str]:
+    """The SuperLink: TLS and SuperNode authentication unless ``certs`` is None (insecure)."""
+    command = ["flower-superlink"]
+    if certs is None:
+        command.append("--insecure")
+    else:
+        command += [
+            "--ssl-ca-certfile",
+            certs.ca_certificate,
+            "--ssl-certfile",
+            certs.server_certificate,
+            "--ssl-keyfile",
+            certs.server_key,
+            "--enable-supernode-auth",
+        ]
+    command += [
+        "--isolation",
+        "subprocess",
+        "--host",
+        host,
+        "--port",
+        str(port),
+        "--disable-runtime-dependency-installation",
+    ]
+    if database:
+        command += ["--database", database]
+    return command
+
+
+def supernode_command(
+    index: int,
+    num_nodes: int,
+    *,
+    superlink: str,
+    certs: CertificatePaths | None,
+    host: str = "127.0.0.1",
+    port: int = SUPERNODE_PORT,
+) -> list[str]:
+    """SuperNode ``index`` of ``num_nodes``: its partition, its key, its local app API port."""
+    command = ["flower-supernode", "--superlink", superlink]
+    if certs is None:
+        command.append("--insecure")
+    else:
+        command += [
+            "--root-certificates",
+            certs.ca_certificate,
+            "--auth-supernode-private-key",
+            certs.node_private_key(index),
+        ]
+    command += [
+        "--node-config",
+        f"partition-id={index} num-partitions={num_nodes}",
+        "--isolation",
+        "subprocess",
+        "--host",
+        host,
+        "--port",
+        str(port),
+    ]
+    return command
+
+
+def register_command(index: int, certs: CertificatePaths, connection: str) -> list[str]:
+    """Register SuperNode ``index``'s public key with the SuperLink."""
+    return ["flwr", "supernode", "register", certs.node_public_key(index), connection]
+
+
+def connection_toml(address: str, ca_certificate: str | None) -> str:
+    """A Flower ``config.toml`` whose default connection reaches the deployed SuperLink."""
+    lines = [
+        "[superlink]",
+        f'default = "{CONNECTION_NAME}"',
+        "",
+        f"[superlink.{CONNECTION_NAME}]",
+        f'address = "{address}"',
+    ]
+    if ca_certificate is None:
+        lines.append("insecure = true")
+    else:
+        lines.append(f'root-certificates = "{ca_certificate}"')
+    return "\n".join(lines) + "\n"
