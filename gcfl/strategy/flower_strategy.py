@@ -266,6 +266,9 @@ class GeneticClusteredFedAvg(FedAvg):
             "cluster": None,
             "val_loss": None,
             "status": "failed",
+            # What the strategy sent; lr and batch_size become what the client reports.
+            "assigned_lr": assigned.lr if assigned else None,
+            "assigned_batch_size": assigned.batch_size if assigned else None,
         }
         if reply is None:
             return _unusable(record, "failed"), None, record
