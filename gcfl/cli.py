@@ -8,7 +8,7 @@ import re
 import signal
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -85,6 +85,13 @@ def _print_progress(line: str, total_rounds: int) -> None:
         )
 
 
+def _line_printer(verbose: bool, total_rounds: int) -> Callable[[str], None]:
+    """Flower's every line (``--verbose``), or one progress line per finished round."""
+    if verbose:
+        return lambda line: print(line, flush=True)
+    return lambda line: _print_progress(line, total_rounds)
+
+
 def print_rounds_table(results: dict[str, Any]) -> None:
     """The per-round accuracy, loss and time of one run, as a plain table."""
     print(f"\n{'round':>5}  {'accuracy':>8}  {'loss':>8}  {'seconds':>7}  status")
@@ -111,11 +118,7 @@ def command_run(args: argparse.Namespace) -> int:
         f"{rounds} rounds; results in {run_config['out-dir']}",
         flush=True,
     )
-    echo = (
-        (lambda line: print(line, flush=True))
-        if args.verbose
-        else (lambda line: _print_progress(line, rounds))
-    )
+    echo = _line_printer(args.verbose, rounds)
     result = simulate(run_config, args.clients, on_line=echo)
     print_rounds_table(result.results)
     print(f"\nwall time {result.seconds:.1f} s (run {result.run_id})")
@@ -186,11 +189,7 @@ def command_deploy(args: argparse.Namespace) -> int:
         f"results in {run_config['out-dir']}",
         flush=True,
     )
-    echo = (
-        (lambda line: print(line, flush=True))
-        if args.verbose
-        else (lambda line: _print_progress(line, config.num_server_rounds))
-    )
+    echo = _line_printer(args.verbose, config.num_server_rounds)
     result = deploy(run_config, args.nodes, insecure=args.insecure, netns=args.netns, on_line=echo)
     print_rounds_table(result.results)
     print(f"\nwall time {result.seconds:.1f} s (run {result.run_id})")

@@ -24,16 +24,8 @@ from gcfl.deploy.topology import (
 )
 from gcfl.server.results import read_results
 from gcfl.simulation.superlink import free_port, tool_environment
-from tests.flower_processes import flower_processes
 
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_leftover_processes():
-    before = flower_processes()
-    yield
-    assert not flower_processes() - before
 
 
 class TestCompose:

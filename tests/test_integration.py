@@ -13,7 +13,6 @@ import pytest
 
 from gcfl.server.results import read_results
 from tests.flower_processes import (
-    flower_processes,
     flwr_executable,
     genetic_rule_violations,
     managed_superlink_env,
@@ -22,14 +21,6 @@ from tests.flower_processes import (
 
 pytestmark = pytest.mark.integration
 ROOT = Path(__file__).resolve().parents[1]
-
-
-@pytest.fixture
-def no_leftover_processes():
-    before = flower_processes()
-    yield
-    left = flower_processes() - before
-    assert not left, f"processes left running: {left}"
 
 
 def test_flwr_run_three_rounds_follow_the_genetic_rules(tmp_path, no_leftover_processes):

@@ -18,19 +18,8 @@ import pytest
 from gcfl.client.client import FAULT_STREAM
 from gcfl.data import load_digits_dataset, partition_indices
 from gcfl.server.results import read_results
-from tests.flower_processes import flower_processes
 
 pytestmark = pytest.mark.integration
-
-
-@pytest.fixture
-def no_leftover_processes():
-    before = flower_processes()
-    yield
-    deadline = time.monotonic() + 15
-    while flower_processes() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    assert not flower_processes() - before
 
 
 def gcfl_run(*args):

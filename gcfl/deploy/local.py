@@ -38,6 +38,7 @@ from gcfl.simulation.launcher import (
     LOG_FILE,
     SimulationError,
     app_directory,
+    flwr_run_command,
     last_error,
     run_status,
     stream_flwr_run,
@@ -180,15 +181,7 @@ def deploy(
         overrides = work / "run-config.toml"
         write_run_config_toml(overrides, dict(run_config))
         run_id = stream_flwr_run(
-            [
-                flower_command("flwr"),
-                "run",
-                str(app_directory(work)),
-                CONNECTION_NAME,
-                "--stream",
-                "--run-config",
-                str(overrides),
-            ],
+            flwr_run_command(app_directory(work), CONNECTION_NAME, overrides),
             env,
             out_dir / LOG_FILE,
             on_line,

@@ -122,20 +122,16 @@ def simulate(
     work = Path(tempfile.mkdtemp(prefix="gcfl-")) if own_work_dir else Path(work_dir)
     try:
         overrides = work / "run-config.toml"
-        write_run_config_toml(overrides, {k: v for k, v in run_config.items()})
+        write_run_config_toml(overrides, dict(run_config))
         started = time.perf_counter()
         with LocalSuperLink(work / "flwr-home", work / "ray", out_dir / "superlink.log") as link:
-            command = [
-                flower_command("flwr"),
-                "run",
-                str(app_directory(work)),
+            command = flwr_run_command(
+                app_directory(work),
                 CONNECTION_NAME,
-                "--stream",
-                "--run-config",
-                str(overrides),
+                overrides,
                 "--federation-config",
                 f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
-            ]
+            )
             run_id = stream_flwr_run(command, link.env, log_file, on_line)
             status = run_status(link.env, CONNECTION_NAME, run_id)
         seconds = time.perf_counter() - started
@@ -149,6 +145,12 @@ def simulate(
     if not (out_dir / RESULTS_FILE).is_file():
         raise SimulationError(f"run {run_id} completed but wrote no {RESULTS_FILE}; see {log_file}")
     return SimulationResult(run_id, config, out_dir, read_results(out_dir), log_file, seconds)
+
+
+def flwr_run_command(app: Path, connection: str, overrides: Path, *extra: str) -> list[str]:
+    """``flwr run APP CONNECTION --stream --run-config OVERRIDES [extra...]``."""
+    command = [flower_command("flwr"), "run", str(app), connection, "--stream"]
+    return [*command, "--run-config", str(overrides), *extra]
 
 
 def stream_flwr_run(
