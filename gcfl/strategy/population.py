@@ -157,10 +157,11 @@ class GeneticPopulation:
         labels = self._labels(server_round, trained)
         for cid, label in labels.items():
             self.states[cid].cluster = label
-        healthy = [m for m in (self._member(cid) for cid in trained) if is_healthy(m)]
-        for members in groups(list(labels), list(labels.values())).values():
+        members = {cid: self._member(cid) for cid in trained}
+        healthy = [m for m in members.values() if is_healthy(m)]
+        for group in groups(list(labels), list(labels.values())).values():
             new_pairs = evolve_group(
-                [self._member(cid) for cid in members],
+                [members[cid] for cid in group],
                 self.settings.elite,
                 self.settings.mutation,
                 self.rng,
