@@ -16,7 +16,6 @@ process that trains many times loads them once.
 from __future__ import annotations
 
 import functools
-import io
 import os
 import pickle
 import tarfile
@@ -369,16 +368,3 @@ def client_data(
     ]
     rng = np.random.default_rng([seed, _CLIENT_SPLIT_STREAM, partition_id])
     return split_train_val(dataset.x_train[indices], dataset.y_train[indices], val_fraction, rng)
-
-
-def save_npz_dataset(path: str | Path, dataset: Dataset) -> None:
-    """Write a dataset in the ``.npz`` format that ``load_npz_dataset`` reads."""
-    buffer = io.BytesIO()
-    np.savez_compressed(
-        buffer,
-        x_train=dataset.x_train,
-        y_train=dataset.y_train,
-        x_test=dataset.x_test,
-        y_test=dataset.y_test,
-    )
-    Path(path).write_bytes(buffer.getvalue())

@@ -58,9 +58,7 @@ def build_seed_cnn(input_shape: tuple[int, ...], num_classes: int, seed: int = 0
 
 
 def resolve_builder(spec: str) -> Callable[[tuple[int, ...], int], keras.Model]:
-    """The builder named by ``package.module:function``; the seed CNN when empty."""
-    if not spec:
-        return build_seed_cnn
+    """The builder named by ``package.module:function``."""
     module_name, _, attribute = spec.partition(":")
     try:
         module = importlib.import_module(module_name)

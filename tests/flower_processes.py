@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import math
 import os
+import subprocess
 import sys
 from pathlib import Path
 
@@ -54,6 +55,13 @@ def stop_managed_superlink(flwr_home: Path) -> list[int]:
             stop_process_tree(process.info["pid"])
             stopped.append(process.info["pid"])
     return stopped
+
+
+def gcfl_cli(*args: str, timeout: float = 900) -> subprocess.CompletedProcess[str]:
+    """Run the ``gcfl`` command line in a process of its own, as a user would."""
+    return subprocess.run(
+        [sys.executable, "-m", "gcfl.cli", *args], capture_output=True, text=True, timeout=timeout
+    )
 
 
 def flwr_executable() -> str:

@@ -24,6 +24,7 @@ from gcfl.deploy.topology import (
 )
 from gcfl.server.results import read_results
 from gcfl.simulation.superlink import free_port, tool_environment
+from tests.flower_processes import gcfl_cli
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -129,23 +130,7 @@ def test_credentials_script_creates_what_compose_mounts(tmp_path):
 @pytest.mark.integration
 def test_deploy_three_nodes_with_tls_and_auth(tmp_path, no_leftover_processes):
     out_dir = tmp_path / "deployed"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gcfl.cli",
-            "deploy",
-            "--nodes",
-            "3",
-            "--rounds",
-            "2",
-            "--out",
-            str(out_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = gcfl_cli("deploy", "--nodes", "3", "--rounds", "2", "--out", str(out_dir))
     assert run.returncode == 0, run.stdout + run.stderr
     assert "TLS and SuperNode authentication" in run.stdout
     results = read_results(out_dir)
@@ -208,24 +193,7 @@ def test_unregistered_or_unverified_supernodes_are_refused(tmp_path, no_leftover
 @pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and ip")
 def test_deploy_in_network_namespaces(tmp_path, no_leftover_processes):
     out_dir = tmp_path / "netns"
-    run = subprocess.run(
-        [
-            sys.executable,
-            "-m",
-            "gcfl.cli",
-            "deploy",
-            "--nodes",
-            "3",
-            "--rounds",
-            "1",
-            "--netns",
-            "--out",
-            str(out_dir),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=900,
-    )
+    run = gcfl_cli("deploy", "--nodes", "3", "--rounds", "1", "--netns", "--out", str(out_dir))
     assert run.returncode == 0, run.stdout + run.stderr
     assert [c["status"] for c in read_results(out_dir)["rounds"][0]["clients"]] == ["ok"] * 3
     # Each SuperNode reached the SuperLink from its own namespace's address.

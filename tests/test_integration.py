@@ -14,6 +14,7 @@ import pytest
 from gcfl.server.results import read_results
 from tests.flower_processes import (
     flwr_executable,
+    gcfl_cli,
     genetic_rule_violations,
     managed_superlink_env,
     stop_managed_superlink,
@@ -72,18 +73,9 @@ def test_flwr_run_three_rounds_follow_the_genetic_rules(tmp_path, no_leftover_pr
     assert (out_dir / "model.keras").is_file()
 
 
-def gcfl(*args, timeout=900):
-    return subprocess.run(
-        [sys.executable, "-m", "gcfl.cli", *args],
-        capture_output=True,
-        text=True,
-        timeout=timeout,
-    )
-
-
 def test_gcfl_run_fedavg_two_rounds(tmp_path, no_leftover_processes):
     out_dir = tmp_path / "fedavg"
-    run = gcfl(
+    run = gcfl_cli(
         "run", "--strategy", "fedavg", "--rounds", "2", "--clients", "3", "--out", str(out_dir)
     )
     assert run.returncode == 0, run.stdout + run.stderr
@@ -110,7 +102,7 @@ def test_too_few_supernodes_fail_the_run_with_the_reason(
 
 
 def test_cli_refuses_too_few_clients_before_starting_anything(tmp_path):
-    run = gcfl("run", "--rounds", "1", "--clients", "2", "--out", str(tmp_path / "small"))
+    run = gcfl_cli("run", "--rounds", "1", "--clients", "2", "--out", str(tmp_path / "small"))
     assert run.returncode == 2
     assert "elite" in run.stderr and "num-supernodes" in run.stderr
 
@@ -130,7 +122,7 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
         y_test=digits.y_test[:120],
     )
     out_dir = tmp_path / "cmp"
-    run = gcfl(
+    run = gcfl_cli(
         "compare", "--dataset", str(npz), "--rounds", "2", "--clients", "3", "--out", str(out_dir)
     )
     assert run.returncode == 0, run.stdout + run.stderr

@@ -8,7 +8,8 @@ from flwr.common import ndarrays_to_parameters
 
 from gcfl.config import parse_run_config
 from gcfl.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
-from gcfl.server.server_app import OutputDirError, check_resumable, resolve_out_dir
+from gcfl.server.results import OutputDirError, resolve_out_dir
+from gcfl.server.server_app import check_resumable
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
 from tests.test_flower_strategy import GLOBAL, federation, fit_res
 

@@ -18,13 +18,13 @@ import pytest
 from gcfl.client.client import FAULT_STREAM
 from gcfl.data import load_digits_dataset, partition_indices
 from gcfl.server.results import read_results
+from tests.flower_processes import gcfl_cli
 
 pytestmark = pytest.mark.integration
 
 
 def gcfl_run(*args):
-    command = [sys.executable, "-m", "gcfl.cli", "run", *args]
-    return subprocess.run(command, capture_output=True, text=True, timeout=900)
+    return gcfl_cli("run", *args)
 
 
 def final_accuracy(out_dir):

@@ -22,7 +22,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gcfl.config import parse_run_config
 from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.netns import NamespaceNetwork
 from gcfl.deploy.topology import (
@@ -33,19 +32,19 @@ from gcfl.deploy.topology import (
     superlink_command,
     supernode_command,
 )
-from gcfl.server.results import RESULTS_FILE, read_results
+from gcfl.server.results import read_results
 from gcfl.simulation.launcher import (
     LOG_FILE,
     SimulationError,
     app_directory,
     flwr_run_command,
     last_error,
+    prepare_run,
     run_status,
     stream_flwr_run,
     write_run_config_toml,
 )
 from gcfl.simulation.superlink import flower_command, free_port, stop_process_tree, tool_environment
-from gcfl.strategy.sampling import check_federation_size
 
 STARTUP_TIMEOUT_S = 60.0
 
@@ -130,13 +129,7 @@ def deploy(
     on_line: Callable[[str], None] | None = None,
 ) -> DeploymentResult:
     """Run the gcfl App on a local SuperLink and ``num_nodes`` SuperNodes; return the results."""
-    config = parse_run_config(run_config)
-    if not config.out_dir:
-        raise DeploymentError("out-dir must be set to an absolute folder for the results")
-    check_federation_size(config, num_nodes)
-    out_dir = Path(config.out_dir)
-    if (out_dir / RESULTS_FILE).exists() and not config.resume:
-        raise DeploymentError(f"{out_dir / RESULTS_FILE} already exists; choose another folder")
+    _, out_dir = prepare_run(run_config, num_nodes)
     log_dir = out_dir / "deploy-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gcfl-deploy-"))

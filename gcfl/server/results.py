@@ -10,6 +10,9 @@ from importlib import metadata
 from pathlib import Path
 from typing import Any
 
+from gcfl.config import GcflConfig
+from gcfl.server.checkpoint import CHECKPOINT_FILE
+
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
 
@@ -62,6 +65,37 @@ def write_json_atomic(path: Path, payload: Any) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+class OutputDirError(RuntimeError):
+    """The results folder cannot be used without losing what it holds."""
+
+
+def resolve_out_dir(config: GcflConfig, run_id: int) -> Path:
+    """The run's results folder: ``out-dir``, or ``~/gcfl-results/run-<run id>`` when unset.
+
+    A new run refuses a folder that already holds results or a checkpoint; a
+    resumed run needs the checkpoint. Nothing in the folder is touched here.
+    """
+    if config.out_dir:
+        out_dir = Path(config.out_dir).expanduser()
+    else:
+        out_dir = Path.home() / "gcfl-results" / f"run-{run_id}"
+    if config.resume:
+        if not (out_dir / CHECKPOINT_FILE).is_file():
+            raise OutputDirError(
+                f"resume=true but {out_dir} holds no {CHECKPOINT_FILE}; "
+                "resume needs the out-dir of the run to continue"
+            )
+    else:
+        for name in (RESULTS_FILE, CHECKPOINT_FILE):
+            if (out_dir / name).exists():
+                raise OutputDirError(
+                    f"out-dir {out_dir} already holds {name} from an earlier run; set "
+                    "resume=true to continue it, or choose another out-dir"
+                )
+    out_dir.mkdir(parents=True, exist_ok=True)
+    return out_dir
 
 
 class RunRecorder:

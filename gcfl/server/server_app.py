@@ -6,7 +6,6 @@ resuming) and then ``results.json`` (the report, rebuilt from the same data).
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from flwr.common import Context, NDArrays, ndarrays_to_parameters
@@ -20,42 +19,11 @@ from gcfl.server.checkpoint import (
     save_checkpoint,
 )
 from gcfl.server.evaluation import CentralEvaluator
-from gcfl.server.results import MODEL_FILE, RESULTS_FILE, RunRecorder, package_versions
+from gcfl.server.results import MODEL_FILE, RunRecorder, package_versions, resolve_out_dir
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
 
 # Keys a resumed run may change; any other difference means a different experiment.
 RESUMABLE_CHANGES = frozenset({"num-server-rounds", "resume", "probe-timeout"})
-
-
-class OutputDirError(RuntimeError):
-    """The results folder cannot be used without losing what it holds."""
-
-
-def resolve_out_dir(config: GcflConfig, run_id: int) -> Path:
-    """The run's results folder: ``out-dir``, or ``~/gcfl-results/run-<run id>`` when unset.
-
-    A new run refuses a folder that already holds results or a checkpoint; a
-    resumed run needs the checkpoint. Nothing in the folder is touched here.
-    """
-    if config.out_dir:
-        out_dir = Path(config.out_dir).expanduser()
-    else:
-        out_dir = Path.home() / "gcfl-results" / f"run-{run_id}"
-    if config.resume:
-        if not (out_dir / CHECKPOINT_FILE).is_file():
-            raise OutputDirError(
-                f"resume=true but {out_dir} holds no {CHECKPOINT_FILE}; "
-                "resume needs the out-dir of the run to continue"
-            )
-    else:
-        for name in (RESULTS_FILE, CHECKPOINT_FILE):
-            if (out_dir / name).exists():
-                raise OutputDirError(
-                    f"out-dir {out_dir} already holds {name} from an earlier run; set "
-                    "resume=true to continue it, or choose another out-dir"
-                )
-    out_dir.mkdir(parents=True, exist_ok=True)
-    return out_dir
 
 
 def check_resumable(config: GcflConfig, saved: dict[str, Any]) -> None:

@@ -22,7 +22,7 @@ from typing import Any
 
 from gcfl import __version__
 from gcfl.config import GcflConfig, default_run_config, parse_run_config
-from gcfl.server.results import RESULTS_FILE, read_results
+from gcfl.server.results import RESULTS_FILE, read_results, resolve_out_dir
 from gcfl.simulation.superlink import CONNECTION_NAME, LocalSuperLink, flower_command
 from gcfl.strategy.sampling import check_federation_size
 
@@ -87,6 +87,21 @@ def app_directory(work_dir: Path) -> Path:
     return app
 
 
+def prepare_run(run_config: Mapping[str, Any], num_clients: int) -> tuple[GcflConfig, Path]:
+    """Check all that can be checked before any process starts; return the config and out-dir.
+
+    The out-dir rules are the ServerApp's own (:func:`resolve_out_dir`), applied
+    early so that a run doomed to be refused never starts a SuperLink.
+    """
+    config = parse_run_config(run_config)
+    if not config.out_dir:
+        raise SimulationError("out-dir must be set to an absolute folder for the results")
+    if num_clients < 1:
+        raise SimulationError(f"the number of clients must be >= 1, got {num_clients}")
+    check_federation_size(config, num_clients)
+    return config, resolve_out_dir(config, run_id=0)
+
+
 def simulate(
     run_config: Mapping[str, Any],
     num_supernodes: int,
@@ -103,19 +118,7 @@ def simulate(
     ``on_line``. Raises :class:`gcfl.config.ConfigError` for a bad run config
     before anything starts and :class:`SimulationError` when the run fails.
     """
-    config = parse_run_config(run_config)
-    if not config.out_dir:
-        raise SimulationError("out-dir must be set to an absolute folder for the results")
-    if num_supernodes < 1:
-        raise SimulationError(f"num-supernodes must be >= 1, got {num_supernodes}")
-    check_federation_size(config, num_supernodes)
-    out_dir = Path(config.out_dir)
-    if (out_dir / RESULTS_FILE).exists() and not config.resume:
-        raise SimulationError(
-            f"{out_dir / RESULTS_FILE} already exists; choose another output folder, or set "
-            "resume=true to continue that run"
-        )
-    out_dir.mkdir(parents=True, exist_ok=True)
+    config, out_dir = prepare_run(run_config, num_supernodes)
     log_file = out_dir / LOG_FILE
     own_work_dir = work_dir is None
     # Ray's socket paths must stay short (about 100 characters): keep this under /tmp.
