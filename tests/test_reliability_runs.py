@@ -18,7 +18,7 @@ import pytest
 from gcfl.client.client import FAULT_STREAM
 from gcfl.data import load_digits_dataset, partition_indices
 from gcfl.server.results import read_results
-from tests.flower_processes import gcfl_cli
+from tests.flower_processes import gcfl_cli, genetic_rule_violations
 
 pytestmark = pytest.mark.integration
 
@@ -31,78 +31,88 @@ def final_accuracy(out_dir):
     return read_results(out_dir)["rounds"][-1]["accuracy"]
 
 
-def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
-    """lr drawn from [1e-3, 10]: clients blow up, the global model still learns.
+# The first five seeds whose draws give round 1 at least two clients with lr <=
+# 3e-3, at least three such clients sampled in rounds 1-3, and in rounds 2 and
+# 3 a client sampled for the first time with lr > 3e-3 (seed 14 has only two).
+DIVERGENCE_SEEDS = (6, 11, 16, 17, 20)
+SANE_LR = 3e-3  # on this setup no client blew up at or below it
 
-    Seed 10 draws three of the ten initial lrs below 3e-3 and two above 1. The
-    setup (iid, 10 local epochs) learns digits in 3 rounds at a sane lr; the
-    guard is set to 0.5 from a healthy run's update ratios (0.1-0.4). The
-    baseline is a run with only the clients that did not diverge: their data,
-    three clients, their lr range.
+
+def blown(client):
+    return client["status"] in ("diverged", "refused")
+
+
+def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
+    """lr drawn from [1e-3, 10]: clients blow up every round, the global model still learns.
+
+    20 iid clients, half of them per round, 10 local epochs, update guard 0.5
+    (healthy ratios are 0.07-0.4). Each round samples clients for the first
+    time whose initial lr blows up, so every round marks some. Each run is
+    compared with a run of only its non-diverging clients: their data, every
+    round, lr in [1e-3, 3e-3]. A single seed's pair differs by up to 0.23
+    either way, so the means over five seeds are compared.
     """
     common = [
-        "--rounds",
-        "3",
-        "--seed",
-        "10",
-        "--partition",
-        "iid",
-        "--local-epochs",
-        "10",
-        "--set",
-        "max-update-norm=0.5",
-        "--set",
-        "lr-min=1e-3",
+        *("--rounds", "3", "--partition", "iid", "--local-epochs", "10"),
+        *("--set", "max-update-norm=0.5", "--set", "lr-min=1e-3"),
     ]
-    wild = gcfl_run(
-        *common, "--clients", "10", "--out", str(tmp_path / "wild"), "--set", "lr-max=10"
-    )
-    assert wild.returncode == 0, wild.stderr
+    wild_accuracy, alone_accuracy = [], []
+    for seed in DIVERGENCE_SEEDS:
+        out = tmp_path / f"wild-{seed}"
+        wild = gcfl_run(
+            *common,
+            *("--seed", str(seed), "--clients", "20", "--fraction-fit", "0.5"),
+            *("--set", "lr-max=10", "--out", str(out)),
+        )
+        assert wild.returncode == 0, wild.stderr
+        results = read_results(out)
+        rounds = results["rounds"]
+        assert [r["round"] for r in rounds] == [1, 2, 3]
+        blown_ids: set[int] = set()
+        highest_accepted_lr = 0.0
+        for record in rounds:
+            clients = record["clients"]
+            assert len(clients) == 10 and all("status" in c for c in clients)
+            marked = [c for c in clients if blown(c)]
+            assert marked, f"seed {seed} round {record['round']}: no client marked"
+            assert all(c["lr"] > SANE_LR for c in marked)
+            ok = [c for c in clients if c["status"] == "ok"]
+            assert record["accepted"] == len(ok)  # no blown update was averaged
+            for client in clients:  # a blown client is bred from healthy ones before it returns
+                if client["id"] in blown_ids:
+                    assert client["lr"] <= highest_accepted_lr * 1.1 * (1 + 1e-6)
+            blown_ids |= {c["id"] for c in marked}
+            highest_accepted_lr = max([highest_accepted_lr, *(c["lr"] for c in ok)])
+        assert genetic_rule_violations(results, elite=2, mutation=0.1) == []
 
-    rounds = read_results(tmp_path / "wild")["rounds"]
-    first = rounds[0]["clients"]
-    blown = [c for c in first if c["status"] in ("diverged", "refused")]
-    healthy = [c for c in first if c["status"] == "ok"]
-    assert len(blown) >= 5 and any(c["status"] == "diverged" for c in blown)
-    assert all(c["lr"] > 3e-3 for c in blown) and all(c["lr"] <= 3e-3 for c in healthy)
-    for record in rounds:
-        ok = [c for c in record["clients"] if c["status"] == "ok"]
-        assert record["accepted"] == len(ok)  # no refused update was averaged
-        assert all(c["status"] in ("ok", "diverged", "refused") for c in record["clients"])
-    for client in rounds[1]["clients"]:
-        if client["id"] in {c["id"] for c in blown}:  # bred from healthy clients only
-            assert client["lr"] <= max(c["lr"] for c in healthy) * 1.1 * (1 + 1e-6)
+        sampled = {c["id"] for r in rounds for c in r["clients"]}
+        non_diverging = sorted(sampled - blown_ids)
+        digits = load_digits_dataset(seed=seed)
+        parts = partition_indices("iid", digits.y_train, 20, seed=seed)
+        kept = np.concatenate([parts[cid] for cid in non_diverging])
+        npz = tmp_path / f"non-diverging-{seed}.npz"
+        np.savez(
+            npz,
+            x_train=digits.x_train[kept],
+            y_train=digits.y_train[kept],
+            x_test=digits.x_test,
+            y_test=digits.y_test,
+        )
+        alone = gcfl_run(
+            *common,
+            *("--seed", str(seed), "--clients", str(len(non_diverging))),
+            *("--dataset", str(npz), "--set", f"lr-max={SANE_LR}"),
+            *("--out", str(tmp_path / f"alone-{seed}")),
+        )
+        assert alone.returncode == 0, alone.stderr
+        wild_accuracy.append(final_accuracy(out))
+        alone_accuracy.append(final_accuracy(tmp_path / f"alone-{seed}"))
 
-    digits = load_digits_dataset(seed=10)
-    parts = partition_indices("iid", digits.y_train, 10, seed=10)
-    kept = np.concatenate([parts[c["id"]] for c in healthy])
-    npz = tmp_path / "non-diverging.npz"
-    np.savez(
-        npz,
-        x_train=digits.x_train[kept],
-        y_train=digits.y_train[kept],
-        x_test=digits.x_test,
-        y_test=digits.y_test,
-    )
-    alone = gcfl_run(
-        *common,
-        "--clients",
-        str(len(healthy)),
-        "--dataset",
-        str(npz),
-        "--set",
-        "lr-max=3e-3",
-        "--out",
-        str(tmp_path / "alone"),
-    )
-    assert alone.returncode == 0, alone.stderr
-
-    accuracy, baseline = final_accuracy(tmp_path / "wild"), final_accuracy(tmp_path / "alone")
-    assert accuracy > 0.5  # chance is 0.1
-    # Measured 0.775 against 0.892 (round 2: 0.828 against 0.847). The round-3
-    # gap is FedAvg drift once the seven healed clients rejoin (ten averaged
-    # models instead of three), not refused updates leaking in (checked above).
-    assert accuracy >= baseline - 0.15, (accuracy, baseline)
+    table = list(zip(DIVERGENCE_SEEDS, wild_accuracy, alone_accuracy, strict=True))
+    assert min(wild_accuracy) > 0.3, table  # chance is 0.1
+    assert np.mean(wild_accuracy) > 0.6, table
+    # Measured: wild 0.716 against 0.677 on average; README has each seed's pair.
+    assert np.mean(wild_accuracy) >= np.mean(alone_accuracy) - 0.05, table
 
 
 def predicted_faults(seed, rounds, clients, rate):
