@@ -76,6 +76,10 @@ def _fraction_closed(value: float) -> str | None:
     return None if 0 <= value <= 1 else "must be in [0, 1]"
 
 
+def _fraction_closed_open(value: float) -> str | None:
+    return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
 def _val_fraction(value: float) -> str | None:
     return None if 0 < value < 1 else "must be in (0, 1)"
 
@@ -178,7 +182,7 @@ class GcflConfig:
         metadata=_key(
             "mutation",
             "lr factor m: offspring lr times 1-m, 1 or 1+m",
-            lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+            _fraction_closed_open,
         ),
     )
     init: str = field(default="random", metadata=_key("init", "random or search", _one_of(INITS)))
@@ -218,7 +222,7 @@ class GcflConfig:
         metadata=_key(
             "fault-rate",
             "probability that a fit raises (fault injection for testing)",
-            lambda v: None if 0 <= v < 1 else "must be in [0, 1)",
+            _fraction_closed_open,
         ),
     )
     resume: bool = field(

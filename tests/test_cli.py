@@ -16,26 +16,6 @@ from gcfl.cli import main
         (["run", "--clients", "0"], "--clients"),
         (["run", "--set", "no-such-key=1"], "valid keys"),
         (["run", "--set", "elite=many"], "elite"),
-    ],
-)
-def test_bad_arguments_exit_2_with_a_one_line_error(argv, named, capsys, tmp_path):
-    assert main([*argv, "--out", str(tmp_path / "out")]) == 2
-    error = capsys.readouterr().err
-    assert named in error and error.count("\n") == 1
-    assert not (tmp_path / "out").exists()
-
-
-def test_config_lists_every_key(capsys):
-    from gcfl.config import config_keys
-
-    assert main(["config"]) == 0
-    listed = capsys.readouterr().out
-    assert all(key in listed for key in config_keys())
-
-
-@pytest.mark.parametrize(
-    ("argv", "named"),
-    [
         (["compare", "--strategies", "gcfl,fedprox"], "--strategies"),
         (["compare", "--strategies", "gcfl,gcfl"], "--strategies"),
         (["compare", "--rounds", "0"], "num-server-rounds"),
@@ -48,8 +28,18 @@ def test_config_lists_every_key(capsys):
         (["compare", "--set", "bogus=1"], "valid keys"),
     ],
 )
-def test_compare_refuses_bad_arguments_before_training(argv, named, capsys, tmp_path):
+def test_bad_arguments_exit_2_with_a_one_line_error_before_anything_starts(
+    argv, named, capsys, tmp_path
+):
     assert main([*argv, "--out", str(tmp_path / "out")]) == 2
     error = capsys.readouterr().err
     assert named in error and error.count("\n") == 1
     assert not (tmp_path / "out").exists()
+
+
+def test_config_lists_every_key(capsys):
+    from gcfl.config import config_keys
+
+    assert main(["config"]) == 0
+    listed = capsys.readouterr().out
+    assert all(key in listed for key in config_keys())

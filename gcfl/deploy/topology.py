@@ -57,6 +57,11 @@ class Service:
     depends_on: list[str] = field(default_factory=list)
 
 
+def _subprocess_apps(host: str, port: int) -> list[str]:
+    """Apps in subprocesses; the Runtime API on ``host:port``."""
+    return ["--isolation", "subprocess", "--host", host, "--port", str(port)]
+
+
 def superlink_command(
     *,
     host: str,
@@ -78,15 +83,8 @@ def superlink_command(
             certs.server_key,
             "--enable-supernode-auth",
         ]
-    command += [
-        "--isolation",
-        "subprocess",
-        "--host",
-        host,
-        "--port",
-        str(port),
-        "--disable-runtime-dependency-installation",
-    ]
+    command += _subprocess_apps(host, port)
+    command.append("--disable-runtime-dependency-installation")
     if database:
         command += ["--database", database]
     return command
@@ -112,16 +110,8 @@ def supernode_command(
             "--auth-supernode-private-key",
             certs.node_private_key(index),
         ]
-    command += [
-        "--node-config",
-        f"partition-id={index} num-partitions={num_nodes}",
-        "--isolation",
-        "subprocess",
-        "--host",
-        host,
-        "--port",
-        str(port),
-    ]
+    command += ["--node-config", f"partition-id={index} num-partitions={num_nodes}"]
+    command += _subprocess_apps(host, port)
     return command
 
 
