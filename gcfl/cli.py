@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
-import re
 import signal
 import sys
 import time
@@ -12,12 +11,13 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcfl.compare.plan import DEFAULT_STRATEGIES
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
 from gcfl.data import DatasetError
+from gcfl.simulation.progress import PROGRESS_LINE
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30
-PROGRESS_LINE = re.compile(r"fit progress: \((\d+), ([^,]+), \{'accuracy': ([^}]+)\}")
 
 
 class UsageError(ValueError):
@@ -129,12 +129,15 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from gcfl.compare import ComparePlan, parse_strategies
+    from gcfl.compare.plan import TUNED, ComparePlan, parse_lr_grid, parse_strategies
 
     try:
         strategies = parse_strategies(args.strategies)
+        grid = parse_lr_grid(args.fedavg_lr_grid) if args.fedavg_lr_grid is not None else ()
     except ValueError as error:
         raise UsageError(str(error)) from None
+    if grid and TUNED not in strategies:
+        raise UsageError(f"--fedavg-lr-grid: only {TUNED} uses it; add {TUNED} to --strategies")
     if args.clients < 1:
         raise UsageError(f"--clients must be >= 1, got {args.clients}")
     if args.repeats < 1:
@@ -150,14 +153,15 @@ def command_compare(args: argparse.Namespace) -> int:
         repeats=args.repeats,
         out_dir=Path(_absolute(args.out or str(_default_out_dir("compare")))),
         centralized_data=args.centralized_data,
+        fedavg_lr_grid=grid,
     )
-    for strategy in strategies:
-        if strategy != "centralized":
-            check_federation_size(parse_run_config(plan.config_for(strategy, 0)), args.clients)
+    for name in plan.run_names():
+        if name != "centralized":
+            check_federation_size(parse_run_config(plan.config_for(name, 0)), args.clients)
     existing = plan.out_dir / "results.json"
     if existing.exists():
         raise UsageError(f"--out: {plan.out_dir} already holds results.json; choose another")
-    from gcfl.compare_view import run_with_progress
+    from gcfl.compare.view import run_with_progress
 
     return run_with_progress(plan, args.argv)
 
@@ -239,13 +243,23 @@ def make_parser() -> argparse.ArgumentParser:
     _add_run_arguments(run)
     run.set_defaults(handler=command_run)
     compare = commands.add_parser(
-        "compare", help="gcfl vs FedAvg vs centralised training, with tables and plots"
+        "compare",
+        help="gcfl vs FedAvg (also tuned over an lr grid) vs centralised training, "
+        "with tables and plots",
     )
     _add_run_arguments(compare, with_strategy=False)
     compare.add_argument(
         "--strategies",
-        default="gcfl,fedavg,centralized",
-        help="comma-separated: gcfl, fedavg, centralized (default all three)",
+        default=DEFAULT_STRATEGIES,
+        help="comma-separated: gcfl, fedavg, fedavg-tuned (FedAvg once per lr of "
+        f"--fedavg-lr-grid, the best reported as an oracle choice), centralized "
+        f"(default {DEFAULT_STRATEGIES})",
+    )
+    compare.add_argument(
+        "--fedavg-lr-grid",
+        metavar="LR,LR,...",
+        help="fedavg-tuned's learning rates, comma-separated (default 5 log-spaced over "
+        "[lr-min, lr-max], ends included)",
     )
     compare.add_argument("--repeats", type=int, default=1, help="seeds to run (seed, seed+1, ...)")
     compare.add_argument(

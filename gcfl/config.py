@@ -18,9 +18,26 @@ from pathlib import Path
 from typing import Any
 
 STRATEGIES = ("gcfl", "fedavg")
+RULE_PRESETS = ("gcfl", "notebook")
+FITNESS_RULES = ("improvement", "val-improvement", "loss")
+MUTATION_RULES = ("log", "linear")
 INITS = ("random", "search")
 PARTITIONS = ("slices", "iid", "dirichlet")
 BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
+
+
+# The seed notebook's algorithm (bugs fixed): what ``rules = "notebook"`` sets,
+# whatever the same keys say, so that its results stay reproducible.
+NOTEBOOK_RULES: dict[str, Any] = {
+    "fitness": "loss",
+    "migration": 0.0,
+    "mutation": "linear",
+    "mutation-scale": 0.1,
+    "resample": 0.0,
+    "dbscan-eps": 0.15,
+    "max-update-norm": 3.0,
+    "rollback": False,
+}
 
 
 class ConfigError(ValueError):
@@ -78,6 +95,10 @@ def _fraction_closed(value: float) -> str | None:
 
 def _fraction_closed_open(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+def _fraction_half(value: float) -> str | None:
+    return None if 0 <= value <= 0.5 else "must be in [0, 0.5]"
 
 
 def _val_fraction(value: float) -> str | None:
@@ -154,16 +175,48 @@ class GcflConfig:
         default=0.2,
         metadata=_key("val-fraction", "share of a client's data held out", _val_fraction),
     )
-    lr_min: float = field(default=1e-7, metadata=_key("lr-min", "lowest lr", _positive))
-    lr_max: float = field(default=1e-3, metadata=_key("lr-max", "highest lr", _positive))
+    lr_min: float = field(default=1e-5, metadata=_key("lr-min", "lowest lr", _positive))
+    lr_max: float = field(default=1e-1, metadata=_key("lr-max", "highest lr", _positive))
     batch_min: int = field(
         default=16, metadata=_key("batch-min", "smallest batch size", _at_least_one)
     )
     batch_max: int = field(
         default=128, metadata=_key("batch-max", "largest batch size", _at_least_one)
     )
+    rules: str = field(
+        default="gcfl",
+        metadata=_key(
+            "rules",
+            "gcfl: the rule keys below as set; notebook: the seed notebook's rules, "
+            "whatever the rule keys say",
+            _one_of(RULE_PRESETS),
+        ),
+    )
+    fitness: str = field(
+        default="improvement",
+        metadata=_key(
+            "fitness",
+            "improvement: relative change of the client's loss on all its local data over "
+            "its fit; val-improvement: the same on its validation split; loss: validation "
+            "loss after the fit (notebook)",
+            _one_of(FITNESS_RULES),
+        ),
+    )
+    migration: float = field(
+        default=0.5,
+        metadata=_key(
+            "migration",
+            "share of a round's clients, from the worst, that breed from the best across clusters",
+            _fraction_half,
+        ),
+    )
     dbscan_eps: float = field(
-        default=0.15, metadata=_key("dbscan-eps", "DBSCAN radius in scaled features", _positive)
+        default=0.0,
+        metadata=_key(
+            "dbscan-eps",
+            "DBSCAN radius in scaled features; 0 = chosen from the population",
+            _non_negative,
+        ),
     )
     dbscan_min_samples: int = field(
         default=2, metadata=_key("dbscan-min-samples", "DBSCAN core size", _at_least_one)
@@ -177,11 +230,27 @@ class GcflConfig:
     elite: int = field(
         default=2, metadata=_key("elite", "best members per group kept as they are", _non_negative)
     )
-    mutation: float = field(
-        default=0.1,
+    mutation: str = field(
+        default="log",
         metadata=_key(
             "mutation",
-            "lr factor m: offspring lr times 1-m, 1 or 1+m",
+            "log: Gaussian step in log space; linear: lr times 1-m, 1 or 1+m (notebook)",
+            _one_of(MUTATION_RULES),
+        ),
+    )
+    mutation_scale: float = field(
+        default=0.1,
+        metadata=_key(
+            "mutation-scale",
+            "log: step std as a share of the search space's width; linear: the factor m",
+            _fraction_closed_open,
+        ),
+    )
+    resample: float = field(
+        default=0.1,
+        metadata=_key(
+            "resample",
+            "log mutation: chance that an offspring is a fresh random pair",
             _fraction_closed_open,
         ),
     )
@@ -210,11 +279,27 @@ class GcflConfig:
         ),
     )
     max_update_norm: float = field(
-        default=3.0,
+        default=0.5,
         metadata=_key(
             "max-update-norm",
             "refuse an update whose norm exceeds this times the global model's",
             _positive,
+        ),
+    )
+    rollback: bool = field(
+        default=True,
+        metadata=_key(
+            "rollback",
+            "discard the last aggregate when the clients' validation loss of it got worse",
+            None,
+        ),
+    )
+    rollback_tolerance: float = field(
+        default=0.1,
+        metadata=_key(
+            "rollback-tolerance",
+            "relative rise of that loss tolerated before rolling back",
+            _non_negative,
         ),
     )
     fault_rate: float = field(
@@ -335,6 +420,8 @@ def parse_run_config(run_config: Mapping[str, Any]) -> GcflConfig:
         if problem:
             raise ConfigError(f"{key}: {coerced!r} {problem}")
         values[spec.name] = coerced
+    if values.get("rules") == "notebook":
+        values.update({fields[key].name: value for key, value in NOTEBOOK_RULES.items()})
     return GcflConfig(**values)
 
 

@@ -130,18 +130,31 @@ def make_training_reproducible() -> None:
         pass  # TensorFlow already initialised in this process (a reused actor)
 
 
+def optimizer_state(model: keras.Model) -> list[keras.Variable]:
+    """The optimizer's variables that a fresh fit starts from zero: all but the lr.
+
+    Training zeroes them inside its compiled step (one op instead of one eager
+    assignment per variable); ``reset_optimizer`` zeroes them eagerly.
+    """
+    return [v for v in model.optimizer.variables if v.name != "learning_rate"]
+
+
+def set_learning_rate(model: keras.Model, lr: float) -> float:
+    """Set the optimizer's lr in place; returns it as read back (float32, so not always ``lr``)."""
+    optimizer = model.optimizer
+    optimizer.learning_rate = lr
+    return float(optimizer.learning_rate.numpy())
+
+
 def reset_optimizer(model: keras.Model, lr: float) -> float:
     """Zero the optimizer's step count and moments in place and set its lr.
 
     Returns the lr read back from the optimizer, which is what training uses
     (float32, so not always bit-equal to the requested value).
     """
-    optimizer = model.optimizer
-    for variable in optimizer.variables:
-        if variable.name != "learning_rate":
-            variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
-    optimizer.learning_rate = lr
-    return float(optimizer.learning_rate.numpy())
+    for variable in optimizer_state(model):
+        variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
+    return set_learning_rate(model, lr)
 
 
 def count_parameters(model: keras.Model) -> int:

@@ -73,47 +73,66 @@ def close(a: float, b: float) -> bool:
     return math.isclose(a, b, rel_tol=1e-5)
 
 
-def genetic_rule_violations(results: dict, elite: int, mutation: float) -> list[str]:
+def genetic_rule_violations(results: dict, elite: int, mutation: float | None = None) -> list[str]:
     """Every place where round r+1's hyperparameters break the genetic rules of round r.
 
     Cluster by cluster (the cluster each client was put in at the end of round
     r): the ``elite`` best healthy clients train with their round-r pair in
-    round r+1; every other client's lr is a member's lr times 1-m, 1 or 1+m,
-    and its batch size a member's.
+    round r+1, unless migration replaced it (gcfl's rules). With ``mutation``
+    (the notebook's rules, ranked by raw validation loss), every other client's
+    lr is a member's lr times 1-m, 1 or 1+m, and its batch size a member's.
+    Without it (gcfl's rules, ranked by score), every pair lies in the search
+    space, and the migrants are the round's worst.
     """
     problems = []
     rounds = results["rounds"]
+    config = results["config"]
+    notebook = mutation is not None
+    trained = ("ok", "diverged", "refused")
+
+    def key(c):
+        value = c["val_loss"] if notebook else c.get("score")
+        healthy = c["status"] == "ok" and value is not None
+        return (0, value, c["id"]) if healthy else (1, 0.0, c["id"])
+
     for current, following in itertools.pairwise(rounds):
         now = {c["id"]: c for c in current["clients"]}
         nxt = {c["id"]: c for c in following["clients"]}
         clusters: dict[int, list[dict]] = {}
         for client in now.values():
-            if client["status"] in ("ok", "diverged", "refused"):
+            if client["status"] in trained:
                 clusters.setdefault(client["cluster"], []).append(client)
+        if not notebook:
+            migrants = sorted(c["id"] for c in now.values() if c.get("migrated"))
+            ranked_round = sorted((c for c in now.values() if c["status"] in trained), key=key)
+            worst = sorted(c["id"] for c in ranked_round[len(ranked_round) - len(migrants) :])
+            if migrants != worst:
+                problems.append(f"round {current['round']}: migrants {migrants} are not the worst")
         for label, members in clusters.items():
-
-            def key(c):
-                healthy = c["status"] == "ok" and c["val_loss"] is not None
-                return (0, c["val_loss"], c["id"]) if healthy else (1, 0.0, c["id"])
-
             ranked = sorted(members, key=key)
-            round_healthy = [
-                c
-                for c in now.values()
-                if c["status"] in ("ok", "diverged", "refused") and key(c)[0] == 0
-            ]
+            round_healthy = [c for c in now.values() if c["status"] in trained and key(c)[0] == 0]
             healthy = [c for c in members if key(c)[0] == 0] or round_healthy or members
             for rank, client in enumerate(ranked):
                 if client["id"] not in nxt:
                     continue
                 then = nxt[client["id"]]
                 where = f"round {following['round']} client {client['id']} (cluster {label})"
-                if rank < elite and key(client)[0] == 0:
+                if rank < elite and key(client)[0] == 0 and not client.get("migrated"):
                     if not (
                         close(then["lr"], client["lr"])
                         and then["batch_size"] == client["batch_size"]
                     ):
                         problems.append(f"{where}: elite did not keep its pair")
+                    continue
+                if not notebook:
+                    lr_ok = (
+                        config["lr-min"] * (1 - 1e-5) <= then["lr"] <= config["lr-max"] * (1 + 1e-5)
+                    )
+                    if (
+                        not lr_ok
+                        or not config["batch-min"] <= then["batch_size"] <= config["batch-max"]
+                    ):
+                        problems.append(f"{where}: pair outside the search space")
                     continue
                 if not any(
                     close(then["lr"], m["lr"] * f)

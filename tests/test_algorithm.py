@@ -9,10 +9,22 @@ import numpy as np
 import pytest
 
 from gcfl.strategy.aggregation import update_problem, weighted_average
-from gcfl.strategy.clustering import NOISE, cluster_labels, groups
+from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
-from gcfl.strategy.genetic import Member, evolve_group, mutate_lr, rank_by_fitness
+from gcfl.strategy.fitness import fitness_score
+from gcfl.strategy.genetic import (
+    Hyperparameters,
+    Member,
+    Mutation,
+    evolve_group,
+    explore,
+    migrate,
+    migration_count,
+    mutate_lr,
+    rank_by_fitness,
+)
 from gcfl.strategy.population import (
+    ClientState,
     GeneticPopulation,
     GeneticSettings,
     Report,
@@ -21,9 +33,11 @@ from gcfl.strategy.population import (
     states_from_dict,
     states_to_dict,
 )
+from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
 SPACE = SearchSpace(lr_min=1e-7, lr_max=1e-3, batch_min=16, batch_max=128)
+LINEAR = Mutation("linear", 0.1)
 
 
 def rng(seed=0):
@@ -33,6 +47,7 @@ def rng(seed=0):
 def test_pure_modules_import_neither_flower_nor_tensorflow():
     code = (
         "import sys; import gcfl.strategy.population, gcfl.strategy.aggregation, "
+        "gcfl.strategy.rollback, gcfl.strategy.fitness, "
         "gcfl.strategy.sampling, gcfl.config; "
         "bad = [m for m in ('flwr', 'tensorflow', 'keras') if m in sys.modules]; "
         "assert not bad, bad"
@@ -96,7 +111,7 @@ class TestGenetic:
             (9, 1e-3, 128, 0.1),
             (11, 3e-7, 20, 0.7),
         )
-        result = evolve_group(group, elite=2, mutation=0.1, rng=rng())
+        result = evolve_group(group, elite=2, mutation=LINEAR, rng=rng())
         assert result[9].lr == 1e-3 and result[9].batch_size == 128
         assert result[4].lr == 2e-4 and result[4].batch_size == 64
         parent_lrs = [m.lr for m in group]
@@ -113,7 +128,7 @@ class TestGenetic:
         pairs = set()
         generator = rng(1)
         for _ in range(200):
-            for pair in evolve_group(group, 0, 0.0, generator).values():
+            for pair in evolve_group(group, 0, Mutation("linear", 0.0), generator).values():
                 lr_parent = round(-math.log10(pair.lr)) - 2
                 batch_parent = pair.batch_size // 16 - 1
                 pairs.add((lr_parent, batch_parent))
@@ -127,29 +142,34 @@ class TestGenetic:
 
     def test_same_seed_same_offspring_different_seed_differs(self):
         group = members(*[(i, 1e-4 * (i + 1), 16 + i, 1.0 / (i + 1)) for i in range(8)])
-        first = evolve_group(group, 2, 0.1, rng(5))
-        assert first == evolve_group(group, 2, 0.1, rng(5))
-        assert any(evolve_group(group, 2, 0.1, rng(s)) != first for s in range(6, 10))
+        first = evolve_group(group, 2, LINEAR, rng(5))
+        assert first == evolve_group(group, 2, LINEAR, rng(5))
+        assert any(evolve_group(group, 2, LINEAR, rng(s)) != first for s in range(6, 10))
 
     def test_group_without_healthy_member_breeds_from_the_fallback(self):
         group = [Member(0, 5.0, 16, None, healthy=False), Member(1, 8.0, 32, math.inf)]
         fallback = [Member(7, 1e-4, 64, 0.2)]
-        result = evolve_group(group, elite=2, mutation=0.1, rng=rng(), fallback_parents=fallback)
+        result = evolve_group(group, elite=2, mutation=LINEAR, rng=rng(), fallback_parents=fallback)
         for pair in result.values():
             assert any(math.isclose(pair.lr, 1e-4 * f) for f in (0.9, 1.0, 1.1))
             assert pair.batch_size == 64
-        alone = evolve_group(group, elite=2, mutation=0.1, rng=rng())
+        alone = evolve_group(group, elite=2, mutation=LINEAR, rng=rng())
         assert all(pair.lr >= 4.5 for pair in alone.values())
 
     def test_unhealthy_member_never_keeps_its_pair(self):
         group = [Member(0, 5.0, 16, None, healthy=False), Member(1, 1e-4, 32, 0.3)]
-        result = evolve_group(group, elite=2, mutation=0.1, rng=rng())
+        result = evolve_group(group, elite=2, mutation=LINEAR, rng=rng())
         assert result[1].lr == 1e-4
         # The diverged client breeds from the healthy member only.
         assert any(math.isclose(result[0].lr, 1e-4 * f) for f in (0.9, 1.0, 1.1))
 
 
+# The notebook's rules: raw losses, x0.9/1/1.1 mutation, fixed eps, no migration.
+NOTEBOOK = {"fitness": "loss", "migration": 0.0, "mutation": LINEAR, "dbscan_eps": 0.15}
+
+
 def population(n=6, **settings):
+    settings = {**NOTEBOOK, **settings}
     return GeneticPopulation.random_init(range(n), GeneticSettings(space=SPACE, **settings), rng(3))
 
 
@@ -266,3 +286,209 @@ class TestAggregation:
         assert update_problem([np.ones((2, 2), np.float32)], reference, None) is None
         big = [np.full((2, 2), 100.0)]
         assert "norm" in update_problem(big, [np.ones((2, 2))], max_update_norm=10)
+
+
+WIDE = SearchSpace(lr_min=1e-5, lr_max=1e-1, batch_min=16, batch_max=128)
+LOG = Mutation("log", 0.1, 0.1, WIDE)
+
+
+class TestFitness:
+    def test_improvement_ranks_the_better_lr_above_the_easier_data(self):
+        # Client 0 has easy data (low losses) but its lr barely helped; client 1's lr
+        # cut its loss by half. The notebook's raw loss prefers 0, improvement prefers 1.
+        easy = (0.30, 0.29)
+        hard = (2.0, 1.0)
+        assert fitness_score("loss", *easy) < fitness_score("loss", *hard)
+        assert fitness_score("val-improvement", *hard) < fitness_score("val-improvement", *easy)
+        assert fitness_score("val-improvement", *hard) == pytest.approx(-0.5)
+        # "improvement" measures the same on all local examples, not the validation split.
+        assert fitness_score("improvement", 1.0, 9.0, *hard) == pytest.approx(-0.5)
+
+    @pytest.mark.parametrize(
+        ("before", "after"), [(None, 1.0), (1.0, None), (math.nan, 1.0), (1.0, math.inf), (0, 1)]
+    )
+    def test_no_score_without_both_finite_losses(self, before, after):
+        assert fitness_score("val-improvement", before, after) is None
+        assert fitness_score("improvement", 1.0, 0.5, before, after) is None
+
+    def test_unknown_rule_is_refused(self):
+        with pytest.raises(ValueError, match="fitness"):
+            fitness_score("accuracy", 1.0, 1.0)
+
+
+class TestLogMutation:
+    def test_offspring_stay_in_the_search_space(self):
+        generator = rng(0)
+        for lr in (1e-5, 1e-3, 1e-1):
+            for batch in (16, 45, 128):
+                for _ in range(300):
+                    pair = explore(Hyperparameters(lr, batch), LOG, generator)
+                    assert 1e-5 <= pair.lr <= 1e-1 and 16 <= pair.batch_size <= 128
+
+    def test_step_is_scale_times_the_width_in_log_space(self):
+        generator = rng(1)
+        no_resample = Mutation("log", 0.1, 0.0, WIDE)
+        steps = [
+            math.log10(explore(Hyperparameters(1e-3, 32), no_resample, generator).lr / 1e-3)
+            for _ in range(4000)
+        ]
+        # 0.1 of a four-decade space is 0.4 decades.
+        assert np.std(steps) == pytest.approx(0.4, rel=0.05)
+        assert abs(np.mean(steps)) < 0.03
+
+    @staticmethod
+    def rounds_to_reach_a_good_lr(settings, seed):
+        """Rounds until some client is within 0.25 decades of lr 3e-3, all starting at 1e-5."""
+        pop = GeneticPopulation(
+            {cid: ClientState(1e-5 * (1 + 0.01 * cid), 16) for cid in range(10)},
+            GeneticSettings(space=WIDE, **settings),
+            rng(seed),
+        )
+        for server_round in range(1, 200):
+            distance = {c: abs(math.log10(s.lr) + 2.5) for c, s in pop.states.items()}
+            if min(distance.values()) < 0.25:
+                return server_round
+            # The closer the lr to 3e-3, the lower the loss after the fit (from 1.0 before).
+            after = {cid: 1 - 0.5 / (1 + d) for cid, d in distance.items()}
+            pop.step(
+                server_round,
+                {
+                    cid: Report(s.lr, s.batch_size, after[cid], "ok", 1.0, 1.0, after[cid])
+                    for cid, s in pop.states.items()
+                },
+            )
+        return 200
+
+    def test_a_population_crosses_the_space_in_a_few_rounds(self):
+        # Two and a half decades from the bottom of the space to the good lr: the
+        # notebook's x0.9/1.1 needs over a hundred rounds, log mutation a handful.
+        gcfl = [self.rounds_to_reach_a_good_lr({"mutation": LOG}, seed) for seed in range(20)]
+        notebook = [
+            self.rounds_to_reach_a_good_lr({**NOTEBOOK, "mutation": LINEAR}, seed)
+            for seed in range(5)
+        ]
+        assert np.median(gcfl) <= 8
+        assert min(notebook) > 50
+
+    def test_resample_draws_fresh_pairs_at_its_rate(self):
+        generator = rng(2)
+        far = Mutation("log", 0.0, 0.25, WIDE)  # scale 0: only resampling moves a pair
+        moved = [explore(Hyperparameters(1e-5, 16), far, generator).lr != 1e-5 for _ in range(4000)]
+        assert np.mean(moved) == pytest.approx(0.25, abs=0.03)
+
+    def test_elite_keep_their_pair_under_log_mutation(self):
+        group = members((0, 1e-3, 32, -0.5), (1, 1e-2, 64, -0.4), (2, 1e-5, 16, 0.1))
+        result = evolve_group(group, elite=2, mutation=LOG, rng=rng())
+        assert result[0] == Hyperparameters(1e-3, 32)
+        assert result[1] == Hyperparameters(1e-2, 64)
+
+
+class TestMigration:
+    def test_count_is_a_share_of_the_population_and_never_more_than_half(self):
+        assert migration_count(30, 0.25) == 8
+        assert migration_count(3, 0.25) == 1
+        assert migration_count(2, 0.5) == 1
+        assert migration_count(30, 0.0) == 0
+        assert migration_count(1, 0.5) == 0
+
+    def test_the_worst_breed_from_the_best_whatever_their_cluster(self):
+        best = members((0, 3e-3, 32, -0.6), (1, 3e-3, 32, -0.5))
+        middle = members((2, 1e-4, 64, -0.2), (3, 1e-4, 64, -0.2))
+        worst = members((4, 1e-5, 128, 0.0), (5, 1e-5, 128, 0.01))
+        moved = migrate(best + middle + worst, 1 / 3, Mutation("log", 0.0, 0.0, WIDE), rng())
+        assert set(moved) == {4, 5}
+        assert all(pair == Hyperparameters(3e-3, 32) for pair in moved.values())
+
+    def test_diverged_clients_migrate_first_and_never_donate(self):
+        group = members((0, 1e-3, 32, -0.5), (1, 1e-4, 32, -0.1), (2, 1e-4, 32, -0.2))
+        group.append(Member(3, 5.0, 16, None, healthy=False))
+        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE), rng())
+        assert moved == {3: Hyperparameters(1e-3, 32)}
+
+    def test_a_good_pair_reaches_a_far_cluster_within_a_round(self):
+        # Two islands far apart in the search space; only the first has a good lr.
+        pop = GeneticPopulation(
+            {
+                **{cid: ClientState(3e-3, 32) for cid in range(5)},
+                **{cid: ClientState(1e-5, 128) for cid in range(5, 10)},
+            },
+            GeneticSettings(space=WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE)),
+            rng(4),
+        )
+        reports = {
+            cid: Report(s.lr, s.batch_size, 1.0, "ok", 2.0, 2.0, 1.0 if cid < 5 else 1.9)
+            for cid, s in pop.states.items()
+        }
+        labels = pop.step(1, reports)
+        assert len({labels[c] for c in range(5)} | {labels[c] for c in range(5, 10)}) == 2
+        far_island = [pop.states[cid].lr for cid in range(5, 10)]
+        assert sum(lr == 3e-3 for lr in far_island) >= 2
+        assert pop.migrants <= set(range(5, 10)) and pop.migrants
+        # Without migration the far island keeps breeding among its own members.
+        isolated = GeneticPopulation(
+            {cid: ClientState(s.lr, s.batch_size) for cid, s in pop.states.items()},
+            GeneticSettings(space=WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE), migration=0.0),
+            rng(4),
+        )
+        isolated.states.update(
+            {cid: ClientState(1e-5, 128) for cid in range(5, 10)}
+            | {cid: ClientState(3e-3, 32) for cid in range(5)}
+        )
+        isolated.step(1, reports)
+        assert all(isolated.states[cid].lr == 1e-5 for cid in range(5, 10))
+
+
+class TestAutoEps:
+    @pytest.mark.parametrize("n", [30, 300, 3000])
+    def test_clusters_stay_small_as_the_population_grows(self, n):
+        features = rng(n).uniform(size=(n, 2))
+        fixed = cluster_labels(features, eps=0.15, min_samples=2)
+        auto = cluster_labels(features, eps=0.0, min_samples=2)
+        sizes = np.bincount(auto[auto >= 0])
+        assert 2 <= sizes.mean() <= 6
+        assert sizes.max() <= max(12, n // 20)
+        if n >= 300:
+            assert set(fixed) == {0}  # a fixed radius: one cluster of everyone
+
+    def test_duplicates_and_tiny_populations(self):
+        same = np.full((10, 2), 0.5)
+        assert set(cluster_labels(same, 0.0, 2)) == {0}
+        assert auto_eps(same, 2) == MIN_EPS
+        assert auto_eps(np.zeros((1, 2)), 2) == 1.0
+        assert list(cluster_labels(np.array([[0.0, 0.0], [1.0, 1.0]]), 0.0, 2)) == [0, 0]
+
+    def test_the_radius_is_the_median_k_distance(self):
+        features = np.array([[0.0, 0.0], [0.1, 0.0], [0.3, 0.0], [0.6, 0.0], [1.0, 0.0]])
+        # Second-nearest other point: 0.3, 0.2, 0.2, 0.3, 0.7 -> median 0.3.
+        assert auto_eps(features, 2) == pytest.approx(0.3)
+
+
+class TestCollapseGuards:
+    def test_rollback_when_the_new_model_is_worse_beyond_the_tolerance(self):
+        assert rollback_needed(1.0, 1.2, 0.1)
+        assert not rollback_needed(1.0, 1.05, 0.1)
+        assert not rollback_needed(1.0, 0.5, 0.1)
+
+    def test_a_broken_model_rolls_back_and_a_first_round_cannot(self):
+        assert rollback_needed(1.0, None, 0.1)
+        assert not rollback_needed(None, 5.0, 0.1)
+
+    def test_mean_ignores_non_finite_losses(self):
+        assert mean_finite([1.0, None, math.nan, 3.0]) == 2.0
+        assert mean_finite([None, math.inf]) is None
+
+    def test_population_ranks_by_improvement_not_raw_loss(self):
+        pop = GeneticPopulation(
+            {0: ClientState(1e-4, 32), 1: ClientState(3e-3, 32), 2: ClientState(1e-5, 32)},
+            GeneticSettings(space=WIDE, elite=1, migration=0.0, dbscan_eps=1.0),
+            rng(),
+        )
+        reports = {
+            0: Report(1e-4, 32, 0.29, "ok", 0.30, 0.30, 0.29),  # easy data, little gain
+            1: Report(3e-3, 32, 1.00, "ok", 2.00, 2.00, 1.00),  # hard data, halved
+            2: Report(1e-5, 32, 1.99, "ok", 2.00, 2.00, 1.99),
+        }
+        pop.step(1, reports)
+        assert pop.states[1].score == pytest.approx(-0.5)
+        assert (pop.states[1].lr, pop.states[1].batch_size) == (3e-3, 32)  # the elite
+        assert pop.states[0].lr != 1e-4

@@ -6,10 +6,22 @@ import numpy as np
 import pytest
 
 from gcfl.client.client import GcflClient
-from gcfl.client.training import divergence, fit_once
+from gcfl.client.training import (
+    compiled_steps,
+    divergence,
+    evaluate_weights,
+    fit_once,
+    search_init,
+)
 from gcfl.config import parse_run_config
 from gcfl.data import client_data, load_dataset
-from gcfl.model import build_model, cached_model, count_parameters, reset_optimizer
+from gcfl.model import (
+    build_model,
+    cached_model,
+    count_parameters,
+    make_training_reproducible,
+    reset_optimizer,
+)
 
 
 def test_seed_cnn_has_550570_parameters_on_cifar_shapes():
@@ -62,6 +74,129 @@ def test_reset_optimizer_zeroes_state_and_sets_lr_in_place():
 )
 def test_divergence_rule(first, final, val, diverged):
     assert divergence(first, final, val, factor=10.0) is diverged
+
+
+def digits(partition_id=3):
+    """A digits client: partition 3 of 10 has 82 training and 20 validation samples."""
+    return client_data("digits", "", 42, "slices", 0.5, partition_id, 10, 0.2)
+
+
+def keras_evaluate(model, weights, x, y):
+    model.set_weights(weights)
+    return model.evaluate(x, y, batch_size=256, verbose=0)
+
+
+def test_same_weights_and_seed_give_the_same_fit_bit_for_bit():
+    make_training_reproducible()
+    model = cached_model("", (8, 8, 1), 10)
+    start = build_model("", (8, 8, 1), 10, seed=1).get_weights()
+    first = fit_once(model, start, digits(), 1e-3, 32, 2, 10.0, seed=5)
+    again = fit_once(model, start, digits(), 1e-3, 32, 2, 10.0, seed=5)  # Adam state reset
+    other = fit_once(model, start, digits(), 1e-3, 32, 2, 10.0, seed=6)  # another shuffle
+    assert first.status == again.status == "ok"
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, again.weights, strict=True))
+    assert (first.first_loss, first.train_loss) == (again.first_loss, again.train_loss)
+    assert any(not np.array_equal(a, b) for a, b in zip(first.weights, other.weights, strict=True))
+
+
+def test_dropout_is_reseeded_per_fit():
+    import keras
+
+    from gcfl.model import compile_for_training
+
+    layers = keras.layers
+    model = compile_for_training(
+        keras.Sequential(
+            [
+                keras.Input((8, 8, 1)),
+                layers.Flatten(),
+                layers.Dropout(0.5),
+                layers.Dense(10, activation="softmax"),
+            ]
+        )
+    )
+    start = model.get_weights()
+    first, again = (fit_once(model, start, digits(), 1e-2, 16, 2, 10.0, seed=5) for _ in "12")
+    assert all(np.array_equal(a, b) for a, b in zip(first.weights, again.weights, strict=True))
+
+
+def test_losses_are_keras_evaluations_of_the_received_and_the_trained_weights():
+    model = cached_model("", (8, 8, 1), 10)
+    start = build_model("", (8, 8, 1), 10, seed=1).get_weights()
+    data = digits()
+    outcome = fit_once(model, start, data, 1e-3, 16, 1, 10.0, seed=0)
+    before, _ = keras_evaluate(model, start, data.x_val, data.y_val)
+    after, accuracy = keras_evaluate(model, outcome.weights, data.x_val, data.y_val)
+    assert outcome.val_loss_before == pytest.approx(before, abs=1e-5)
+    assert outcome.val_loss == pytest.approx(after, abs=1e-5)
+    assert outcome.val_accuracy == pytest.approx(accuracy, abs=1e-6)
+    # The fitness losses: all local examples, training and validation pooled.
+    x_all = np.concatenate([data.x_train, data.x_val])
+    y_all = np.concatenate([data.y_train, data.y_val])
+    local_before, _ = keras_evaluate(model, start, x_all, y_all)
+    local_after, _ = keras_evaluate(model, outcome.weights, x_all, y_all)
+    assert outcome.local_loss_before == pytest.approx(local_before, abs=1e-5)
+    assert outcome.local_loss_after == pytest.approx(local_after, abs=1e-5)
+    # More samples than one evaluation batch of 256: batch means weighted as Keras does.
+    test = load_dataset("digits", "", 42)
+    loss, accuracy = evaluate_weights(model, start, test.x_test, test.y_test)
+    expected = keras_evaluate(model, start, test.x_test, test.y_test)
+    assert (loss, accuracy) == pytest.approx(expected, abs=1e-5)
+
+
+def test_train_losses_are_the_first_batch_and_the_last_epoch():
+    # At lr 0 the weights never move: the last epoch's size-weighted mean batch loss is the
+    # loss on the whole training set, and the first batch is the seed's first shuffled one.
+    model = build_model("tests.tiny_model:build", (8, 8, 1), 10, seed=0)
+    start, data = model.get_weights(), digits()
+    outcome = fit_once(model, start, data, 0.0, 24, 3, 10.0, seed=9)
+    first = np.random.default_rng(9).permutation(len(data.x_train))[:24]
+    first_loss, _ = keras_evaluate(model, start, data.x_train[first], data.y_train[first])
+    train_loss, _ = keras_evaluate(model, start, data.x_train, data.y_train)
+    assert outcome.first_loss == pytest.approx(first_loss, abs=1e-5)
+    assert outcome.train_loss == pytest.approx(train_loss, abs=1e-5)
+    assert outcome.val_loss == outcome.val_loss_before
+    assert all(np.array_equal(a, b) for a, b in zip(outcome.weights, start, strict=True))
+
+
+def test_loss_falls_on_an_easy_fit():
+    model = build_model("tests.tiny_model:build", (8, 8, 1), 10, seed=0)
+    outcome = fit_once(model, model.get_weights(), digits(), 1e-2, 16, 5, 10.0, seed=0)
+    assert outcome.status == "ok"
+    assert outcome.train_loss < 0.7 * outcome.first_loss
+    assert outcome.val_loss < 0.7 * outcome.val_loss_before
+    assert outcome.val_accuracy > 0.5
+
+
+def test_fit_at_lr_10_diverges():
+    model = cached_model("", (8, 8, 1), 10)
+    start = build_model("", (8, 8, 1), 10, seed=1).get_weights()
+    outcome = fit_once(model, start, digits(), 10.0, 16, 2, 10.0, seed=0)
+    assert outcome.status == "diverged" and outcome.weights is None
+    assert math.isfinite(outcome.val_loss_before)
+
+
+def test_no_retrace_across_batch_sizes_and_client_sizes():
+    model = build_model("tests.tiny_model:build", (8, 8, 1), 10, seed=0)
+    start = model.get_weights()
+    fit_once(model, start, digits(3), 1e-3, 16, 2, 10.0, seed=0)
+    steps = compiled_steps(model)
+    assert (steps.train_traces, steps.eval_traces) == (1, 1)
+    for partition, batch_size, epochs in ((0, 33, 1), (4, 128, 2), (8, 17, 3)):
+        fit_once(model, start, digits(partition), 1e-3, batch_size, epochs, 10.0, seed=1)
+    test = load_dataset("digits", "", 42)
+    evaluate_weights(model, start, test.x_test, test.y_test)
+    assert (steps.train_traces, steps.eval_traces) == (1, 1)
+
+
+def test_search_init_reports_the_loss_of_the_received_weights():
+    model = build_model("tests.tiny_model:build", (8, 8, 1), 10, seed=0)
+    start, data = model.get_weights(), digits()
+    outcome = search_init(
+        model, start, data, (1e-1, 1e-2, 1e-3), (16, 32), 10.0, np.random.default_rng(0), 0
+    )
+    assert outcome.val_loss_before == evaluate_weights(model, start, data.x_val, data.y_val)[0]
+    assert outcome.status == "ok" and outcome.batch_size in (16, 32)
 
 
 def digits_client(partition_id=2, **overrides):

@@ -21,18 +21,44 @@ def test_pyproject_declares_every_key_with_the_same_default():
     assert declared == default_run_config()
 
 
-def test_defaults_are_the_seed_setup():
+def test_defaults_are_the_seed_setup_with_gcfl_rules():
     config = parse_run_config({})
     assert (config.strategy, config.num_server_rounds, config.fraction_fit) == ("gcfl", 10, 1.0)
+    # A search space that contains the good learning rates of the shipped datasets.
     assert (config.lr_min, config.lr_max, config.batch_min, config.batch_max) == (
-        1e-7,
-        1e-3,
+        1e-5,
+        1e-1,
         16,
         128,
     )
-    assert (config.dbscan_eps, config.dbscan_min_samples, config.elite) == (0.15, 2, 2)
+    assert (config.rules, config.fitness, config.mutation, config.migration) == (
+        "gcfl",
+        "improvement",
+        "log",
+        0.5,
+    )
+    assert (config.dbscan_eps, config.dbscan_min_samples, config.elite) == (0.0, 2, 2)
+    assert (config.max_update_norm, config.rollback) == (0.5, True)
     assert config.lr_grid_values == (1e-1, 1e-2, 1e-3, 1e-4, 1e-5, 1e-6)
     assert config.batch_grid_values == (16, 32, 64, 128)
+
+
+def test_notebook_preset_restores_the_notebook_rules_whatever_the_rule_keys_say():
+    config = parse_run_config({"rules": "notebook", "migration": 0.4, "fitness": "improvement"})
+    assert (config.fitness, config.migration, config.mutation, config.mutation_scale) == (
+        "loss",
+        0.0,
+        "linear",
+        0.1,
+    )
+    assert (config.resample, config.dbscan_eps, config.max_update_norm, config.rollback) == (
+        0.0,
+        0.15,
+        3.0,
+        False,
+    )
+    # The preset survives the round trip through Flower's flat run config.
+    assert parse_run_config(config.to_run_config()) == config
 
 
 def test_unknown_key_lists_the_valid_ones():
@@ -49,7 +75,14 @@ def test_unknown_key_lists_the_valid_ones():
         ({"lr-min": 1e-3, "lr-max": 1e-4}, "lr-min"),
         ({"fraction-fit": 0.0}, "fraction-fit"),
         ({"fraction-fit": 1.5}, "fraction-fit"),
-        ({"dbscan-eps": 0.0}, "dbscan-eps"),
+        ({"dbscan-eps": -0.1}, "dbscan-eps"),
+        ({"rules": "pbt"}, "rules"),
+        ({"fitness": "accuracy"}, "fitness"),
+        ({"migration": 0.6}, "migration"),
+        ({"mutation": 0.1}, "mutation"),
+        ({"mutation-scale": 1.0}, "mutation-scale"),
+        ({"resample": -0.1}, "resample"),
+        ({"rollback": "yes"}, "rollback"),
         ({"elite": -1}, "elite"),
         ({"num-server-rounds": 0}, "num-server-rounds"),
         ({"num-server-rounds": 2.5}, "num-server-rounds"),
@@ -62,7 +95,6 @@ def test_unknown_key_lists_the_valid_ones():
         ({"dataset": "imagenet"}, "dataset"),
         ({"dataset": "data/x.npz"}, "dataset"),
         ({"val-fraction": 1.0}, "val-fraction"),
-        ({"mutation": 1.0}, "mutation"),
         ({"lr-grid": "0.1,abc"}, "lr-grid"),
         ({"batch-grid": "32"}, "batch-grid"),
         ({"model": "no_colon"}, "model"),

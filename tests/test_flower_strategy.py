@@ -221,3 +221,48 @@ def test_duplicate_partition_ids_are_refused():
     manager.register(FakeNode(2, 0, 2))
     with pytest.raises(StrategySetupError, match="partition-id 0"):
         strategy().initialize_parameters(manager)
+
+
+ONES = [np.ones((3, 2), np.float32), np.ones(2, np.float32)]
+
+
+def started_on(weights, overrides=None, nodes=5):
+    manager = federation(nodes)
+    config = parse_run_config({"probe-timeout": 5.0, **(overrides or {})})
+    adapter = GeneticClusteredFedAvg(
+        config=config, initial_parameters=ndarrays_to_parameters(weights)
+    )
+    adapter.initialize_parameters(manager)
+    return adapter, manager
+
+
+def fit_round(adapter, manager, server_round, weights, value, loss_before):
+    instructions = adapter.configure_fit(server_round, ndarrays_to_parameters(weights), manager)
+    results = [
+        fit_res(p, p.partition_id, ins, value=value, **{"val-loss-before": loss_before})
+        for p, ins in instructions
+    ]
+    parameters, metrics = adapter.aggregate_fit(server_round, results, [])
+    return parameters_to_ndarrays(parameters), metrics
+
+
+def test_a_round_that_made_the_clients_loss_worse_is_rolled_back():
+    adapter, manager = started_on(ONES)
+    first, _ = fit_round(adapter, manager, 1, ONES, value=1.1, loss_before=2.0)
+    second, _ = fit_round(adapter, manager, 2, first, value=1.2, loss_before=1.5)
+    # The model of round 2 looks worse to every client (2.3 > 1.5 * 1.1): back to round 1's.
+    third, metrics = fit_round(adapter, manager, 3, second, value=9.0, loss_before=2.3)
+    np.testing.assert_allclose(third[0], first[0])
+    assert metrics["rolled-back"] is True and adapter._round.rolled_back
+    # A rise within the tolerance is kept.
+    fourth, _ = fit_round(adapter, manager, 4, third, value=1.3, loss_before=1.5)
+    fifth, metrics = fit_round(adapter, manager, 5, fourth, value=1.4, loss_before=1.6)
+    np.testing.assert_allclose(fifth[0], 1.4, rtol=1e-6)
+    assert "rolled-back" not in metrics
+
+
+def test_rollback_off_keeps_every_aggregate():
+    adapter, manager = started_on(ONES, {"rollback": False})
+    first, _ = fit_round(adapter, manager, 1, ONES, value=1.1, loss_before=2.0)
+    second, _ = fit_round(adapter, manager, 2, first, value=1.2, loss_before=9.0)
+    np.testing.assert_allclose(second[0], 1.2, rtol=1e-6)

@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from gcfl.server.results import read_results
+from gcfl.simulation.inprocess import run_in_process
 from tests.flower_processes import (
     flwr_executable,
     gcfl_cli,
@@ -67,10 +68,21 @@ def test_flwr_run_three_rounds_follow_the_genetic_rules(tmp_path, no_leftover_pr
         assert sorted(c["id"] for c in record["clients"]) == list(range(10))
         assert 0.0 <= record["accuracy"] <= 1.0 and record["seconds"] > 0
         assert all(isinstance(c["cluster"], int) for c in record["clients"])
-    assert genetic_rule_violations(results, elite=2, mutation=0.1) == []
+    assert genetic_rule_violations(results, elite=2) == []
     # Hyperparameters do differ between clients: this is not FedAvg in disguise.
     assert len({c["lr"] for c in results["rounds"][0]["clients"]}) > 5
     assert (out_dir / "model.keras").is_file()
+
+    # The quality benchmark's in-process runs are the same runs, without Ray.
+    replay = run_in_process(
+        {"strategy": "gcfl", "num-server-rounds": 3, "out-dir": str(tmp_path / "replay")}, 10
+    )
+    for simulated, replayed in zip(results["rounds"], replay["rounds"], strict=True):
+        assert replayed["accuracy"] == pytest.approx(simulated["accuracy"], abs=1e-6)
+        pairs = [(c["id"], c["lr"], c["batch_size"], c["status"]) for c in replayed["clients"]]
+        assert pairs == [
+            (c["id"], c["lr"], c["batch_size"], c["status"]) for c in simulated["clients"]
+        ]
 
 
 def test_gcfl_run_fedavg_two_rounds(tmp_path, no_leftover_processes):
@@ -123,23 +135,42 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
     )
     out_dir = tmp_path / "cmp"
     run = gcfl_cli(
-        "compare", "--dataset", str(npz), "--rounds", "2", "--clients", "3", "--out", str(out_dir)
+        "compare",
+        "--dataset",
+        str(npz),
+        "--rounds",
+        "2",
+        "--clients",
+        "3",
+        "--fedavg-lr-grid",
+        "0.01,0.001",
+        "--out",
+        str(out_dir),
     )
     assert run.returncode == 0, run.stdout + run.stderr
     terminal = run.stdout + run.stderr
     assert "oneDNN" not in terminal and "INFO" not in terminal  # TF and Flower noise in logs
     assert "Test accuracy per round" in run.stdout and str(out_dir / "summary.md") in run.stdout
+    assert "client fits" in run.stdout and "oracle" in run.stdout
 
     report = json.loads((out_dir / "results.json").read_text())
-    assert [r["strategy"] for r in report["runs"]] == ["gcfl", "fedavg", "centralized"]
+    names = ["gcfl", "fedavg", "fedavg@0.001", "fedavg@0.01", "centralized"]
+    assert [r["strategy"] for r in report["runs"]] == names
     for entry in report["runs"]:
         assert [r["round"] for r in entry["rounds"]] == [1, 2]
         assert entry["config"]["dataset"] == str(npz)
-    assert report["runs"][2]["config"]["training-samples"] == 500
+    assert [r["config"]["fedavg-lr"] for r in report["runs"][2:4]] == [0.001, 0.01]
+    assert [len(r["clients"]) for r in report["runs"][2]["rounds"]] == [3, 3]
+    assert report["fedavg_tuned"]["choice"] in ("fedavg@0.001", "fedavg@0.01")
+    assert report["runs"][4]["config"]["training-samples"] == 500
     rows = (out_dir / "rounds.csv").read_text().splitlines()
-    assert rows[0] == "round,strategy,repeat,accuracy,loss,seconds" and len(rows) == 7
+    # five runs and fedavg-tuned (the oracle's pick of the two grid runs), two rounds each
+    assert rows[0] == "round,strategy,repeat,accuracy,loss,seconds" and len(rows) == 13
     summary = (out_dir / "summary.md").read_text()
-    assert "| round | gcfl | fedavg | centralized |" in summary
+    assert (
+        "| round | gcfl | fedavg | fedavg@0.001 | fedavg@0.01 | fedavg-tuned (oracle: " in summary
+    )
+    assert "| client fits | 6 | 6 | 6 | 6 | 12 (2 runs) | - (2 epochs) |" in summary
     assert "--rounds 2" in summary
     for name in ("accuracy", "loss", "clusters", "cluster_sizes", "lr_trajectories"):
         assert (out_dir / f"{name}.png").stat().st_size > 5000

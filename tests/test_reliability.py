@@ -7,11 +7,16 @@ import pytest
 from flwr.common import ndarrays_to_parameters
 
 from gcfl.config import parse_run_config
-from gcfl.server.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
+from gcfl.server.checkpoint import (
+    CheckpointError,
+    load_checkpoint,
+    load_previous_weights,
+    save_checkpoint,
+)
 from gcfl.server.results import OutputDirError, resolve_out_dir
 from gcfl.server.server_app import check_resumable
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
-from tests.test_flower_strategy import GLOBAL, federation, fit_res
+from tests.test_flower_strategy import GLOBAL, ONES, federation, fit_res, fit_round, started_on
 
 
 def test_checkpoint_round_trip(tmp_path):
@@ -25,6 +30,25 @@ def test_checkpoint_round_trip(tmp_path):
     )
     assert loaded_state["rng"] == state["rng"] and np.isnan(loaded_state["rounds"][0]["loss"])
     assert [p.name for p in tmp_path.iterdir()] == ["checkpoint.npz"]  # no temporary left
+
+
+def test_the_rollback_target_survives_a_checkpoint_and_a_resume(tmp_path):
+    adapter, manager = started_on(ONES)
+    first, _ = fit_round(adapter, manager, 1, ONES, value=1.1, loss_before=2.0)
+    second, _ = fit_round(adapter, manager, 2, first, value=1.2, loss_before=1.5)
+    path = tmp_path / "checkpoint.npz"
+    save_checkpoint(path, second, adapter.checkpoint_state(), adapter.previous_weights)
+    assert load_previous_weights(path)[0].tolist() == first[0].tolist()
+    state = json.loads(json.dumps(load_checkpoint(path)[1]))
+
+    resumed, manager = started_on(ONES)
+    resumed.restore(state, load_previous_weights(path))
+    # Round 3 finds the model of round 2 worse (2.3 > 1.5 * 1.1): back to round 1's model.
+    third, metrics = fit_round(resumed, manager, 1, second, value=9.0, loss_before=2.3)
+    np.testing.assert_allclose(third[0], first[0])
+    assert metrics["rolled-back"] is True
+    save_checkpoint(tmp_path / "plain.npz", second, {})
+    assert load_previous_weights(tmp_path / "plain.npz") is None
 
 
 def test_a_failed_write_keeps_the_previous_checkpoint(tmp_path, monkeypatch):

@@ -45,6 +45,9 @@ def blown(client):
 def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
     """lr drawn from [1e-3, 10]: clients blow up every round, the global model still learns.
 
+    gcfl's defaults are tested on this search space below; this test keeps the
+    notebook's rules, so that only the per-client guards contain the damage.
+
     20 iid clients, half of them per round, 10 local epochs, update guard 0.5
     (healthy ratios are 0.07-0.4). Each round samples clients for the first
     time whose initial lr blows up, so every round marks some. Each run is
@@ -55,6 +58,9 @@ def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
     common = [
         *("--rounds", "3", "--partition", "iid", "--local-epochs", "10"),
         *("--set", "max-update-norm=0.5", "--set", "lr-min=1e-3"),
+        # Issue 5's containment, under the notebook's rules: no migration or
+        # rollback to help, and offspring lrs within x1.1 of a healthy parent's.
+        *("--set", "rules=notebook"),
     ]
     wild_accuracy, alone_accuracy = [], []
     for seed in DIVERGENCE_SEEDS:
@@ -113,6 +119,26 @@ def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
     assert np.mean(wild_accuracy) > 0.6, table
     # Measured: wild 0.716 against 0.677 on average; README has each seed's pair.
     assert np.mean(wild_accuracy) >= np.mean(alone_accuracy) - 0.05, table
+
+
+def test_wild_search_space_with_the_defaults_still_learns(tmp_path, no_leftover_processes):
+    """Issue 10: lr-min=1e-3 lr-max=10, every other key at its default (10 clients, 3 rounds)."""
+    out = tmp_path / "wild"
+    run = gcfl_run(
+        *("--rounds", "3", "--clients", "10", "--out", str(out)),
+        *("--set", "lr-min=1e-3", "--set", "lr-max=10"),
+    )
+    assert run.returncode == 0, run.stderr
+    results = read_results(out)
+    rounds = results["rounds"]
+    accuracies = [r["accuracy"] for r in rounds]
+    assert all(np.isfinite(r["loss"]) for r in rounds), accuracies
+    assert accuracies[-1] > 0.3, accuracies  # chance is 0.1
+    assert accuracies[-1] > accuracies[0] or accuracies[0] > 0.6, accuracies
+    marked = [c for r in rounds for c in r["clients"] if blown(c)]
+    assert marked and all(c["lr"] > 1e-2 for c in marked)
+    assert all("reason" in c or c["status"] == "diverged" for c in marked)
+    assert genetic_rule_violations(results, elite=2) == []
 
 
 def predicted_faults(seed, rounds, clients, rate):

@@ -98,8 +98,11 @@ class GcflClient(NumPyClient):
             "status": outcome.status,
             "train-loss": _scalar(outcome.train_loss),
             "first-loss": _scalar(outcome.first_loss),
+            "val-loss-before": _scalar(outcome.val_loss_before),
             "val-loss": _scalar(outcome.val_loss),
             "val-accuracy": _scalar(outcome.val_accuracy),
+            "local-loss-before": _scalar(outcome.local_loss_before),
+            "local-loss-after": _scalar(outcome.local_loss_after),
         }
         if outcome.weights is None:
             return [], 0, metrics

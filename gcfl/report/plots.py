@@ -14,9 +14,15 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from gcfl.report.tables import Run, round_statistics, strategies_in
+from gcfl.report.tables import Run, display_name, round_statistics, strategies_in
 
-COLORS = {"gcfl": "tab:blue", "fedavg": "tab:orange", "centralized": "tab:green"}
+COLORS = {
+    "gcfl": "tab:blue",
+    "fedavg": "tab:orange",
+    "fedavg-tuned": "tab:red",
+    "centralized": "tab:green",
+}
+GRID_PREFIX = "fedavg@"  # fedavg-tuned's grid points: thin dashed lines, light to dark by lr
 DPI = 110
 
 
@@ -28,23 +34,36 @@ def _save(figure: plt.Figure, path: Path) -> Path:
 
 
 def plot_metric(runs: Sequence[Run], metric: str, path: Path) -> Path:
-    """Mean ``metric`` per round for every strategy, with a ±1 std band across repeats."""
-    figure, axes = plt.subplots(figsize=(7, 4.5))
+    """Mean ``metric`` per round for every strategy, with a ±1 std band across repeats.
+
+    fedavg-tuned's grid points (``fedavg@<lr>``) are thin dashed lines, their
+    oracle's pick (``fedavg-tuned``) a solid one labelled as such.
+    """
+    figure, axes = plt.subplots(figsize=(7.5, 4.8))
+    grid = [s for s in strategies_in(runs) if s.startswith(GRID_PREFIX)]
+    shades = plt.get_cmap("copper_r")
     for strategy, series in round_statistics(runs, metric).items():
         rounds = np.arange(1, len(series) + 1)
         mean = np.array([m for m, _ in series])
         std = np.array([s for _, s in series])
-        color = COLORS.get(strategy)
-        label = f"{strategy} (epochs)" if strategy == "centralized" else strategy
-        axes.plot(rounds, mean, marker="o", color=color, label=label)
+        label = display_name(strategy, runs)
+        style: dict = {"marker": "o", "color": COLORS.get(strategy)}
+        band = 0.2
+        if strategy in grid:
+            shade = 0.25 + 0.6 * grid.index(strategy) / max(len(grid) - 1, 1)
+            style = {"marker": ".", "linestyle": "--", "linewidth": 1, "color": shades(shade)}
+            band = 0.07
+        elif strategy == "centralized":
+            label = f"{strategy} (epochs)"
+        (line,) = axes.plot(rounds, mean, label=label, **style)
         if np.any(std > 0):
-            axes.fill_between(rounds, mean - std, mean + std, color=color, alpha=0.2)
+            axes.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=band)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("round (centralized: epoch)")
     axes.set_ylabel(f"test {metric}")
     axes.set_title(f"Test {metric} per round")
     axes.grid(alpha=0.3)
-    axes.legend()
+    axes.legend(fontsize=8 if grid else None)
     return _save(figure, path)
 
 

@@ -1,7 +1,8 @@
 """The run checkpoint: the source of truth for resuming and for ``results.json``.
 
-One file, ``checkpoint.npz``, rewritten after every round: the global weights,
-the algorithm's full state (every client's hyperparameters, last loss, cluster
+One file, ``checkpoint.npz``, rewritten after every round: the global weights
+(and the model before the last aggregate, the rollback target), the
+algorithm's full state (every client's hyperparameters, last loss, cluster
 and status, and both random Generators' states) and the history of rounds.
 It is written to a temporary file, fsynced and renamed over the old one, so a
 crash at any moment leaves the previous round's checkpoint or this one, never
@@ -26,10 +27,17 @@ class CheckpointError(RuntimeError):
     """A checkpoint is missing, unreadable or does not fit this run."""
 
 
-def save_checkpoint(path: Path, weights: list[np.ndarray], state: dict[str, Any]) -> None:
-    """Atomically write ``weights`` and the JSON-ready ``state`` to ``path``."""
+def save_checkpoint(
+    path: Path,
+    weights: list[np.ndarray],
+    state: dict[str, Any],
+    previous_weights: list[np.ndarray] | None = None,
+) -> None:
+    """Atomically write ``weights``, the JSON-ready ``state`` and, if any, the rollback target."""
     path.parent.mkdir(parents=True, exist_ok=True)
     arrays = {f"weight_{index:04d}": array for index, array in enumerate(weights)}
+    for index, array in enumerate(previous_weights or []):
+        arrays[f"previous_{index:04d}"] = array
     encoded = json.dumps(state, allow_nan=True).encode("utf-8")
     arrays[_STATE_KEY] = np.frombuffer(encoded, dtype=np.uint8)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=path.name, suffix=".tmp")
@@ -61,3 +69,13 @@ def load_checkpoint(path: Path) -> tuple[list[np.ndarray], dict[str, Any]]:
     except Exception as error:
         raise CheckpointError(f"{path}: unreadable checkpoint ({error})") from error
     return weights, state
+
+
+def load_previous_weights(path: Path) -> list[np.ndarray] | None:
+    """The global model before the last aggregate (the rollback target), if saved."""
+    try:
+        with np.load(path, allow_pickle=False) as archive:
+            names = sorted(name for name in archive.files if name.startswith("previous_"))
+            return [archive[name] for name in names] or None
+    except Exception as error:
+        raise CheckpointError(f"{path}: unreadable checkpoint ({error})") from error

@@ -16,6 +16,7 @@ from gcfl.server.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
     load_checkpoint,
+    load_previous_weights,
     save_checkpoint,
 )
 from gcfl.server.evaluation import CentralEvaluator
@@ -68,6 +69,7 @@ def server_fn(context: Context) -> ServerAppComponents:
                 "strategy": strategy.checkpoint_state(),
                 "rounds": rounds,
             },
+            previous_weights=strategy.previous_weights,
         )
         recorder.add_round(record)
         if record["round"] == config.num_server_rounds:
@@ -83,7 +85,7 @@ def server_fn(context: Context) -> ServerAppComponents:
     )
     remaining = config.num_server_rounds
     if restored is not None:
-        strategy.restore(restored["strategy"])
+        strategy.restore(restored["strategy"], load_previous_weights(out_dir / CHECKPOINT_FILE))
         remaining -= strategy.completed_rounds
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=remaining))
 

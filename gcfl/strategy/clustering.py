@@ -6,15 +6,41 @@ from collections.abc import Sequence
 
 import numpy as np
 from sklearn.cluster import DBSCAN
+from sklearn.neighbors import NearestNeighbors
 
 NOISE = -1
+# Below this, points that differ only by float rounding would count as apart.
+MIN_EPS = 1e-3
+
+
+def auto_eps(features: np.ndarray, min_samples: int) -> float:
+    """A DBSCAN radius chosen from the population: the k-distance rule.
+
+    The median, over all points, of the distance to the ``min_samples``-th
+    nearest other point. A fixed radius puts every client in one cluster once
+    a round has a few hundred of them (the unit square fills up); this one
+    shrinks as the population grows, so a cluster stays a handful of clients
+    with similar hyperparameters (3-4 on average with ``min_samples`` 2,
+    whatever the population). Identical rows give a distance of 0, hence the
+    floor ``MIN_EPS``.
+    """
+    count = len(features)
+    if count < 2:
+        return 1.0
+    k = min(min_samples, count - 1)
+    distances, _ = NearestNeighbors(n_neighbors=k + 1).fit(features).kneighbors(features)
+    return max(float(np.median(distances[:, k])), MIN_EPS)
 
 
 def cluster_labels(features: np.ndarray, eps: float, min_samples: int) -> np.ndarray:
-    """DBSCAN labels for each row of ``features``; ``NOISE`` (-1) for outliers."""
+    """DBSCAN labels for each row of ``features``; ``NOISE`` (-1) for outliers.
+
+    ``eps`` 0 means "choose it from the population" (:func:`auto_eps`).
+    """
     if len(features) == 0:
         return np.empty(0, dtype=np.int64)
-    return DBSCAN(eps=eps, min_samples=min_samples).fit_predict(features).astype(np.int64)
+    radius = auto_eps(features, min_samples) if eps == 0 else eps
+    return DBSCAN(eps=radius, min_samples=min_samples).fit_predict(features).astype(np.int64)
 
 
 def groups(client_ids: Sequence[int], labels: Sequence[int]) -> dict[int, list[int]]:

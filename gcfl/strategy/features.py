@@ -41,3 +41,20 @@ def hyperparameter_features(
             _scaled(batch, np.log2(space.batch_min), np.log2(space.batch_max)),
         ]
     ).reshape(len(lr), 2)
+
+
+def to_unit(lr: float, batch_size: float, space: SearchSpace) -> tuple[float, float]:
+    """One pair as a point of the unit square (the clustering features of that pair)."""
+    row = hyperparameter_features([lr], [batch_size], space)[0]
+    return float(row[0]), float(row[1])
+
+
+def from_unit(lr_unit: float, batch_unit: float, space: SearchSpace) -> tuple[float, int]:
+    """The inverse of :func:`to_unit`: lr log-uniform, batch size rounded in log2 space."""
+    log_lr = np.log10(space.lr_min) + lr_unit * (np.log10(space.lr_max) - np.log10(space.lr_min))
+    log_batch = np.log2(space.batch_min) + batch_unit * (
+        np.log2(space.batch_max) - np.log2(space.batch_min)
+    )
+    batch = round(2.0**log_batch)
+    lr = min(max(float(10.0**log_lr), space.lr_min), space.lr_max)
+    return lr, min(max(batch, space.batch_min), space.batch_max)

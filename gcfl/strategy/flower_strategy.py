@@ -30,7 +30,7 @@ from flwr.server.strategy import FedAvg
 from gcfl.config import GcflConfig
 from gcfl.strategy.aggregation import update_problem, update_ratio, weighted_average
 from gcfl.strategy.features import SearchSpace
-from gcfl.strategy.genetic import Hyperparameters
+from gcfl.strategy.genetic import Hyperparameters, Mutation
 from gcfl.strategy.population import (
     FixedHyperparameters,
     GeneticPopulation,
@@ -41,6 +41,7 @@ from gcfl.strategy.population import (
     states_from_dict,
     states_to_dict,
 )
+from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import check_federation_size, num_sampled, sample_clients
 
 RoundCallback = Callable[[dict[str, Any], NDArrays], None]
@@ -59,6 +60,9 @@ class _RoundInProgress:
     clients: list[dict[str, Any]] = field(default_factory=list)
     accepted: int = 0
     counted: bool = False
+    rolled_back: bool = False
+    # The sampled clients' mean validation loss of the global model they received.
+    global_val_loss: float | None = None
 
 
 def make_policy(
@@ -69,13 +73,16 @@ def make_policy(
         return FixedHyperparameters(
             client_ids, Hyperparameters(config.fedavg_lr, config.fedavg_batch_size)
         )
+    space = SearchSpace(config.lr_min, config.lr_max, config.batch_min, config.batch_max)
     settings = GeneticSettings(
-        space=SearchSpace(config.lr_min, config.lr_max, config.batch_min, config.batch_max),
+        space=space,
         dbscan_eps=config.dbscan_eps,
         dbscan_min_samples=config.dbscan_min_samples,
         elite=config.elite,
-        mutation=config.mutation,
+        mutation=Mutation(config.mutation, config.mutation_scale, config.resample, space),
         recluster_every=config.recluster_every,
+        fitness=config.fitness,
+        migration=config.migration,
     )
     if config.init == "search":
         return GeneticPopulation.search_init(client_ids, settings, rng)
@@ -136,6 +143,10 @@ class GeneticClusteredFedAvg(FedAvg):
         self.round_offset = 0
         self.completed_rounds = 0
         self._restored: dict[str, Any] | None = None
+        # Rollback memory: the global model before the last aggregate, and the
+        # clients' mean validation loss of it when it was sent out.
+        self.previous_weights: NDArrays | None = None
+        self.previous_val_loss: float | None = None
 
     def __repr__(self) -> str:
         return f"GeneticClusteredFedAvg(strategy={self.config.strategy!r})"
@@ -160,11 +171,14 @@ class GeneticClusteredFedAvg(FedAvg):
             "sampling_rng": self.sampling_rng.bit_generator.state,
             "algorithm_rng": self.algorithm_rng.bit_generator.state,
             "clients": states_to_dict(self.policy.states),
+            "previous_val_loss": self.previous_val_loss,
         }
 
-    def restore(self, state: dict[str, Any]) -> None:
+    def restore(self, state: dict[str, Any], previous_weights: NDArrays | None = None) -> None:
         """Continue from a checkpoint: applied once the federation is known, before round 1."""
         self.round_offset = self.completed_rounds = int(state["completed_rounds"])
+        self.previous_val_loss = state.get("previous_val_loss")
+        self.previous_weights = previous_weights if self.previous_val_loss is not None else None
         self._restored = state
 
     def _apply_restored(self, state: dict[str, Any]) -> None:
@@ -229,18 +243,39 @@ class GeneticClusteredFedAvg(FedAvg):
                 log(WARNING, "gcfl: round %d: a client failed: %s", server_round, failure)
 
         reports: dict[int, Report] = {}
-        accepted: list[tuple[NDArrays, int]] = []
+        candidates: dict[int, tuple[NDArrays, int]] = {}
         for cid in current.sampled:
             report, update, record = self._judge(cid, replies.get(cid), current)
             reports[cid] = report
             current.clients.append(record)
             if update is not None:
-                accepted.append(update)
+                candidates[cid] = update
+        current.global_val_loss = mean_finite(
+            r.loss_before for r in reports.values() if r.status != "failed"
+        )
+        rolled_back = self._rollback_decision(current, reports)
 
         labels = self.policy.step(server_round, reports)
+        migrants = getattr(self.policy, "migrants", set())
         for record in current.clients:
             record["cluster"] = labels.get(record["id"])
+            record["migrated"] = record["id"] in migrants
+            record["score"] = getattr(self.policy.states.get(record["id"]), "score", None)
+        accepted = [candidates[cid] for cid in sorted(candidates)]
         current.accepted = len(accepted)
+        if rolled_back is not None:
+            current.rolled_back = True
+            log(
+                WARNING,
+                "gcfl: round %d: the clients' validation loss of the global model rose from "
+                "%.4g to %.4g; rolled back to the previous global model",
+                server_round,
+                self.previous_val_loss,
+                current.global_val_loss if current.global_val_loss is not None else math.nan,
+            )
+            self.previous_weights, self.previous_val_loss = None, None
+            current.counted, current.accepted = True, 0
+            return ndarrays_to_parameters(rolled_back), {"accepted": 0, "rolled-back": True}
         current.counted = len(accepted) >= self.config.min_fit_clients
         if not current.counted:
             log(
@@ -252,7 +287,27 @@ class GeneticClusteredFedAvg(FedAvg):
                 self.config.min_fit_clients,
             )
             return None, {"accepted": len(accepted)}
+        self.previous_weights = current.global_weights
+        self.previous_val_loss = current.global_val_loss
         return ndarrays_to_parameters(weighted_average(accepted)), {"accepted": len(accepted)}
+
+    def _rollback_decision(
+        self, current: _RoundInProgress, reports: dict[int, Report]
+    ) -> NDArrays | None:
+        """The previous global model when the last aggregate made things worse, else None.
+
+        Judged only when some client answered: a round in which every client
+        failed says nothing about the model.
+        """
+        if not self.config.rollback or self.previous_weights is None:
+            return None
+        if all(r.status == "failed" for r in reports.values()):
+            return None
+        if rollback_needed(
+            self.previous_val_loss, current.global_val_loss, self.config.rollback_tolerance
+        ):
+            return self.previous_weights
+        return None
 
     def _judge(
         self, cid: int, reply: FitRes | None, current: _RoundInProgress
@@ -279,6 +334,9 @@ class GeneticClusteredFedAvg(FedAvg):
         record.update(
             lr=metrics["lr"],
             batch_size=metrics["batch-size"],
+            val_loss_before=metrics["val-loss-before"],
+            local_loss_before=metrics["local-loss-before"],
+            local_loss_after=metrics["local-loss-after"],
             val_loss=metrics["val-loss"],
             val_accuracy=metrics["val-accuracy"],
             train_loss=metrics["train-loss"],
@@ -297,7 +355,15 @@ class GeneticClusteredFedAvg(FedAvg):
                 update = (weights, reply.num_examples)
             else:
                 record.update(status="refused", reason=problem)
-        report = Report(metrics["lr"], metrics["batch-size"], metrics["val-loss"], record["status"])
+        report = Report(
+            metrics["lr"],
+            metrics["batch-size"],
+            metrics["val-loss"],
+            record["status"],
+            loss_before=metrics["val-loss-before"],
+            local_loss_before=metrics["local-loss-before"],
+            local_loss_after=metrics["local-loss-after"],
+        )
         return report, update, record
 
     # ------------------------------------------------------------- evaluation
@@ -324,8 +390,11 @@ class GeneticClusteredFedAvg(FedAvg):
             "accuracy": metrics.get("accuracy"),
             "loss": loss,
             "seconds": round(time.perf_counter() - current.started, 3),
-            "status": "ok" if current.counted else "failed",
+            "status": "rolled-back"
+            if current.rolled_back
+            else ("ok" if current.counted else "failed"),
             "accepted": current.accepted,
+            "global_val_loss": current.global_val_loss,
             "clients": current.clients,
         }
         if self.on_round_end is not None:
@@ -368,7 +437,14 @@ def parse_fit_metrics(
         if status not in _STATUSES:
             return None, f"status {status!r} is not one of {', '.join(_STATUSES)}"
         floats = {}
-        for key in ("val-loss", "val-accuracy", "train-loss"):
+        for key in (
+            "val-loss-before",
+            "val-loss",
+            "val-accuracy",
+            "train-loss",
+            "local-loss-before",
+            "local-loss-after",
+        ):
             value = metrics.get(key, math.nan)
             if isinstance(value, (bool, str, bytes)):
                 return None, f"{key} {value!r} is not a number"

@@ -16,7 +16,16 @@ import numpy as np
 
 from gcfl.strategy.clustering import NOISE, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
-from gcfl.strategy.genetic import Hyperparameters, Member, evolve_group, is_healthy
+from gcfl.strategy.fitness import fitness_score
+from gcfl.strategy.genetic import (
+    Hyperparameters,
+    Member,
+    Mutation,
+    evolve_group,
+    is_healthy,
+    migrate,
+    random_hyperparameters,
+)
 
 Status = Literal["ok", "diverged", "refused", "failed"]
 TRAINED: frozenset[str] = frozenset({"ok", "diverged", "refused"})
@@ -28,12 +37,18 @@ class Report:
 
     ``status``: "ok" (update aggregated), "diverged" (the client said so),
     "refused" (the server rejected the update) or "failed" (no reply).
+    ``loss_before`` is the client's validation loss of the global model it
+    received, ``loss`` that of its trained model; ``local_loss_before`` and
+    ``local_loss_after`` the same on all its local examples.
     """
 
     lr: float
     batch_size: int
     loss: float | None
     status: Status
+    loss_before: float | None = None
+    local_loss_before: float | None = None
+    local_loss_after: float | None = None
 
 
 @dataclass
@@ -45,25 +60,33 @@ class ClientState:
     loss: float | None = None
     status: str = "new"
     cluster: int | None = None
+    loss_before: float | None = None
+    local_loss_before: float | None = None
+    local_loss_after: float | None = None
+    score: float | None = None
 
 
 @dataclass(frozen=True)
 class GeneticSettings:
-    """The algorithm's parameters, taken from the run config."""
+    """The algorithm's parameters, taken from the run config.
+
+    ``dbscan_eps`` 0 chooses the radius from the population each time.
+    ``migration`` is the share of a round's clients, from the worst, that
+    breed from the round's best across clusters (0: clusters never exchange).
+    """
 
     space: SearchSpace
-    dbscan_eps: float = 0.15
+    dbscan_eps: float = 0.0
     dbscan_min_samples: int = 2
     elite: int = 2
-    mutation: float = 0.1
+    mutation: Mutation | None = None
     recluster_every: int = 1
+    fitness: str = "improvement"
+    migration: float = 0.25
 
-
-def random_hyperparameters(space: SearchSpace, rng: np.random.Generator) -> Hyperparameters:
-    """The seed's random init: lr log-uniform, batch size 2^uniform in log2 space, rounded."""
-    lr = 10.0 ** rng.uniform(np.log10(space.lr_min), np.log10(space.lr_max))
-    batch = round(2.0 ** rng.uniform(np.log2(space.batch_min), np.log2(space.batch_max)))
-    return Hyperparameters(float(lr), batch)
+    @property
+    def explore(self) -> Mutation:
+        return self.mutation or Mutation(space=self.space)
 
 
 def reclusters_in(server_round: int, recluster_every: int) -> bool:
@@ -97,6 +120,9 @@ def _record(states: dict[int, ClientState], reports: Mapping[int, Report]) -> No
         if report.status in TRAINED:
             state.lr, state.batch_size = report.lr, report.batch_size
             state.loss = report.loss if report.status == "ok" else None
+            state.loss_before = report.loss_before
+            state.local_loss_before = report.local_loss_before
+            state.local_loss_after = report.local_loss_after if report.status == "ok" else None
 
 
 class FixedHyperparameters:
@@ -126,6 +152,7 @@ class GeneticPopulation:
         self.states = states
         self.settings = settings
         self.rng = rng
+        self.migrants: set[int] = set()  # the clients the last step migrated
 
     @classmethod
     def random_init(
@@ -157,18 +184,36 @@ class GeneticPopulation:
         labels = self._labels(server_round, trained)
         for cid, label in labels.items():
             self.states[cid].cluster = label
+        for cid in trained:
+            state = self.states[cid]
+            state.score = fitness_score(
+                self.settings.fitness,
+                state.loss_before,
+                state.loss,
+                state.local_loss_before,
+                state.local_loss_after,
+            )
         members = {cid: self._member(cid) for cid in trained}
         healthy = [m for m in members.values() if is_healthy(m)]
+        new_pairs: dict[int, Hyperparameters] = {}
         for group in groups(list(labels), list(labels.values())).values():
-            new_pairs = evolve_group(
+            new_pairs |= evolve_group(
                 [members[cid] for cid in group],
                 self.settings.elite,
-                self.settings.mutation,
+                self.settings.explore,
                 self.rng,
                 fallback_parents=healthy,
             )
-            for cid, pair in new_pairs.items():
-                self.states[cid].lr, self.states[cid].batch_size = pair.lr, pair.batch_size
+        migrated = migrate(
+            [members[cid] for cid in trained],
+            self.settings.migration,
+            self.settings.explore,
+            self.rng,
+        )
+        new_pairs |= migrated
+        self.migrants = set(migrated)
+        for cid, pair in new_pairs.items():
+            self.states[cid].lr, self.states[cid].batch_size = pair.lr, pair.batch_size
         return labels
 
     def _labels(self, server_round: int, trained: list[int]) -> dict[int, int]:
@@ -192,7 +237,7 @@ class GeneticPopulation:
             client_id=client_id,
             lr=float(state.lr),
             batch_size=int(state.batch_size),
-            loss=state.loss,
+            score=state.score,
             healthy=state.status == "ok",
         )
 

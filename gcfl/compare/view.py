@@ -18,8 +18,9 @@ from rich.console import Console
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from gcfl.compare import ComparePlan, reproduce_command, run_comparison, write_report
-from gcfl.report.tables import outcome_table, rounds_table
+from gcfl.compare.plan import ComparePlan
+from gcfl.compare.runner import report_runs, reproduce_command, run_comparison, write_report
+from gcfl.report.tables import COST_NOTE, outcome_table, rounds_table
 
 
 @contextlib.contextmanager
@@ -56,6 +57,8 @@ def run_with_progress(plan: ComparePlan, argv: list[str]) -> int:
         f"gcfl compare: {', '.join(plan.strategies)} on {plan.num_clients} clients, "
         f"{plan.repeats} seed(s) {plan.seeds()}; output in {plan.out_dir}"
     )
+    if plan.grid_runs():
+        console.print(f"fedavg-tuned: FedAvg at each lr of {', '.join(plan.grid_runs())}")
     started = time.perf_counter()
     columns = (
         TextColumn("{task.description:<24}"),
@@ -66,19 +69,19 @@ def run_with_progress(plan: ComparePlan, argv: list[str]) -> int:
     )
     with Progress(*columns, console=console) as progress, stderr_to(plan.out_dir / "compare.log"):
         tasks = {
-            (strategy, repeat): progress.add_task(
-                f"{strategy} seed {plan.seeds()[repeat]}",
-                total=plan.config_for(strategy, repeat).get("num-server-rounds", 10),
+            (name, repeat): progress.add_task(
+                f"{name} seed {plan.seeds()[repeat]}",
+                total=plan.config_for(name, repeat).get("num-server-rounds", 10),
                 start=False,
             )
-            for strategy, repeat in plan.jobs()
+            for name, repeat in plan.jobs()
         }
 
-        def on_job_start(strategy: str, repeat: int) -> None:
-            progress.start_task(tasks[(strategy, repeat)])
+        def on_job_start(name: str, repeat: int) -> None:
+            progress.start_task(tasks[(name, repeat)])
 
-        def on_round(strategy: str, repeat: int, done: int, total: int) -> None:
-            progress.update(tasks[(strategy, repeat)], completed=done, total=total)
+        def on_round(name: str, repeat: int, done: int, total: int) -> None:
+            progress.update(tasks[(name, repeat)], completed=done, total=total)
 
         def on_job_done(entry: dict) -> None:
             task = tasks[(entry["strategy"], entry["repeat"])]
@@ -87,9 +90,11 @@ def run_with_progress(plan: ComparePlan, argv: list[str]) -> int:
 
         runs = run_comparison(plan, on_job_start, on_round, on_job_done)
         paths = write_report(plan, runs, command)
-    console.print(_rich_table("Test accuracy per round", *rounds_table(runs, "accuracy")))
-    console.print(_rich_table("Test loss per round", *rounds_table(runs, "loss")))
-    console.print(_rich_table("Outcome", *outcome_table(runs)))
+    reported = report_runs(plan, runs)
+    console.print(_rich_table("Test accuracy per round", *rounds_table(reported, "accuracy")))
+    console.print(_rich_table("Test loss per round", *rounds_table(reported, "loss")))
+    console.print(_rich_table("Outcome", *outcome_table(reported)))
+    console.print(COST_NOTE)
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
     for path in paths:
         console.print(f"  {path}")

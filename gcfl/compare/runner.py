@@ -1,0 +1,144 @@
+"""Running ``gcfl compare``'s jobs and writing its report.
+
+The seed notebook's experiment (In [35]-[38]) in one command: the same dataset,
+partition, model and seed for every strategy, ``--repeats`` seeds for a spread,
+and a report (results.json, rounds.csv, summary.md, plots) in one folder.
+"""
+
+from __future__ import annotations
+
+import shlex
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from gcfl.compare.plan import TUNED, ComparePlan
+from gcfl.config import GcflConfig, parse_run_config
+from gcfl.report.tables import oracle_info, with_oracle
+from gcfl.server.results import package_versions, write_json_atomic
+from gcfl.simulation.progress import PROGRESS_LINE
+
+ProgressCallback = Callable[[str, int, int, int], None]  # run name, repeat, round, rounds
+
+
+def _simulate_job(
+    plan: ComparePlan, name: str, repeat: int, on_round: ProgressCallback
+) -> dict[str, Any]:
+    from gcfl.simulation.launcher import simulate
+
+    config = plan.config_for(name, repeat)
+    rounds = parse_run_config(config).num_server_rounds
+
+    def on_line(line: str) -> None:
+        match = PROGRESS_LINE.search(line)
+        if match:
+            on_round(name, repeat, int(match.group(1)), rounds)
+
+    result = simulate(config, plan.num_clients, on_line=on_line)
+    return {**result.results, "wall_seconds": round(result.seconds, 2), "run_id": result.run_id}
+
+
+def _centralized_job(
+    plan: ComparePlan, name: str, repeat: int, on_round: ProgressCallback
+) -> dict[str, Any]:
+    from gcfl.compare.centralized import train_centralized
+
+    config: GcflConfig = parse_run_config(
+        {k: v for k, v in plan.config_for(name, repeat).items() if k != "out-dir"}
+    )
+    started = time.perf_counter()
+    entry = train_centralized(
+        config,
+        plan.num_clients,
+        plan.centralized_data,
+        on_epoch=lambda epoch: on_round(name, repeat, epoch, config.num_server_rounds),
+    )
+    return {
+        **entry,
+        "versions": package_versions(),
+        "wall_seconds": round(time.perf_counter() - started, 2),
+    }
+
+
+def run_comparison(
+    plan: ComparePlan,
+    on_job_start: Callable[[str, int], None],
+    on_round: ProgressCallback,
+    on_job_done: Callable[[dict], None],
+) -> list[dict[str, Any]]:
+    """Run every strategy (each grid point) for every repeat; results.json after each job.
+
+    Each entry's ``strategy`` is its run name: ``gcfl``, ``fedavg``,
+    ``fedavg@<lr>`` or ``centralized``.
+    """
+    runs: list[dict[str, Any]] = []
+    for name, repeat in plan.jobs():
+        on_job_start(name, repeat)
+        job = _centralized_job if name == "centralized" else _simulate_job
+        entry = {
+            "repeat": repeat,
+            "seed": plan.seeds()[repeat],
+            **job(plan, name, repeat, on_round),
+        }
+        entry["strategy"] = name
+        runs.append(entry)
+        write_json_atomic(plan.out_dir / "results.json", {"runs": runs})
+        on_job_done(entry)
+    return runs
+
+
+def report_runs(plan: ComparePlan, runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+    """The runs as reported: with fedavg-tuned, the oracle's pick of the grid added per repeat."""
+    grid = [name for name in plan.grid_runs() if any(run["strategy"] == name for run in runs)]
+    if TUNED not in plan.strategies or not grid:
+        return list(runs)
+    return with_oracle(runs, grid, TUNED)
+
+
+def write_report(plan: ComparePlan, runs: Sequence[dict[str, Any]], command: str) -> list[Path]:
+    """results.json, rounds.csv, summary.md and the plots; returns the paths written.
+
+    results.json holds the runs that ran (fedavg-tuned's choice under ``fedavg_tuned``);
+    the tables, rounds.csv and plots hold fedavg-tuned as a strategy of its own.
+    """
+    from gcfl.report.plots import write_plots
+    from gcfl.report.tables import write_rounds_csv, write_summary
+
+    reported = report_runs(plan, runs)
+    results_path = plan.out_dir / "results.json"
+    payload: dict[str, Any] = {
+        "command": command,
+        "strategies": list(plan.strategies),
+        "run_names": plan.run_names(),
+        "repeats": plan.repeats,
+        "clients": plan.num_clients,
+        "centralized_data": plan.centralized_data,
+    }
+    if TUNED in plan.strategies:
+        payload["fedavg_lr_grid"] = list(plan.lr_grid())
+        payload["fedavg_tuned"] = oracle_info(reported, TUNED)
+    write_json_atomic(results_path, {**payload, "runs": list(runs)})
+    csv_path = plan.out_dir / "rounds.csv"
+    write_rounds_csv(csv_path, reported)
+    plots = write_plots(reported, plan.out_dir)
+    summary_path = plan.out_dir / "summary.md"
+    settings = {
+        **parse_run_config(plan.run_config).to_run_config(),
+        "clients": plan.num_clients,
+        "repeats": plan.repeats,
+        "seeds": plan.seeds(),
+        "strategies": ",".join(plan.strategies),
+        "centralized-data": plan.centralized_data,
+    }
+    if TUNED in plan.strategies:
+        settings["fedavg-lr-grid"] = ",".join(f"{lr:g}" for lr in plan.lr_grid())
+    settings.pop("out-dir", None)
+    settings.pop("strategy", None)
+    write_summary(summary_path, reported, command, settings, [p.name for p in plots])
+    return [results_path, csv_path, summary_path, *plots]
+
+
+def reproduce_command(argv: Sequence[str]) -> str:
+    """The command line that was run, quoted for a shell."""
+    return shlex.join(["gcfl", *argv]) if argv else "gcfl compare"

@@ -1,0 +1,98 @@
+"""One federation in one process: Flower's server loop with gcfl's ServerApp and ClientApp.
+
+The strategy, its evaluation and results come from the ServerApp's own
+``server_fn``, every client from the ClientApp's own ``client_fn``, and
+Flower's ``Server`` drives the rounds. Only the transport differs from
+``flwr run``: each node is an in-process proxy that calls its client
+directly, one fit at a time. No SuperLink and no Ray, so a run costs its
+training and nothing else, and one process can run many: the quality
+benchmark (``benchmarks/quality.py``) runs hundreds this way. Training is
+seeded per (seed, round, partition), so a run gives the same results as the
+same run config under ``flwr run`` (``tests/test_integration.py`` checks it).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+from flwr.common import (
+    Context,
+    DisconnectRes,
+    EvaluateIns,
+    EvaluateRes,
+    FitIns,
+    FitRes,
+    GetParametersIns,
+    GetParametersRes,
+    GetPropertiesIns,
+    GetPropertiesRes,
+    ReconnectIns,
+    RecordDict,
+)
+from flwr.server import Server
+from flwr.server.client_manager import SimpleClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from gcfl.client.client_app import client_fn
+from gcfl.config import default_run_config, parse_run_config
+from gcfl.server.results import RESULTS_FILE
+from gcfl.server.server_app import server_fn
+
+
+class InProcessNode(ClientProxy):
+    """A SuperNode stand-in: builds its ClientApp's client per message, as Flower does."""
+
+    def __init__(self, node_id: int, context: Context) -> None:
+        super().__init__(str(node_id))
+        self.context = context
+
+    def get_properties(
+        self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
+    ) -> GetPropertiesRes:
+        return client_fn(self.context).get_properties(ins)
+
+    def get_parameters(
+        self, ins: GetParametersIns, timeout: float | None, group_id: int | None
+    ) -> GetParametersRes:
+        return client_fn(self.context).get_parameters(ins)
+
+    def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
+        return client_fn(self.context).fit(ins)
+
+    def evaluate(
+        self, ins: EvaluateIns, timeout: float | None, group_id: int | None
+    ) -> EvaluateRes:
+        return client_fn(self.context).evaluate(ins)
+
+    def reconnect(
+        self, ins: ReconnectIns, timeout: float | None, group_id: int | None
+    ) -> DisconnectRes:
+        return DisconnectRes(reason="")
+
+
+def run_in_process(run_config: dict[str, Any], num_clients: int, run_id: int = 1) -> dict[str, Any]:
+    """Run one federation of ``num_clients`` nodes here; return its results.json payload.
+
+    ``run_config`` holds overrides of the defaults and must set an absolute
+    ``out-dir``, where results.json and the checkpoint are written as by
+    ``gcfl run``.
+    """
+    config = parse_run_config(run_config)
+    if not config.out_dir:
+        raise ValueError("run_in_process needs an absolute out-dir in run_config")
+    full_config = {**default_run_config(), **run_config}
+    components = server_fn(
+        Context(run_id, 0, {}, RecordDict(), full_config),
+    )
+    manager = SimpleClientManager()
+    for partition in range(num_clients):
+        node_config = {"partition-id": partition, "num-partitions": num_clients}
+        context = Context(run_id, partition + 1, node_config, RecordDict(), full_config)
+        manager.register(InProcessNode(partition + 1, context))
+    server = Server(client_manager=manager, strategy=components.strategy)
+    # One Keras model per process, shared by every client: fits must not overlap.
+    server.set_max_workers(1)
+    server.fit(components.config.num_rounds, timeout=None)
+    return json.loads((Path(config.out_dir) / RESULTS_FILE).read_text())
