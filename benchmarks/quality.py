@@ -31,6 +31,7 @@ import csv
 import math
 import multiprocessing
 import os
+import shutil
 import statistics
 import sys
 import time
@@ -43,7 +44,8 @@ NOTEBOOK_FEDAVG = "fedavg@0.0001"
 
 VARIANTS: dict[str, dict[str, Any]] = {
     "gcfl": {},
-    "notebook": {"rules": "notebook", "lr-min": 1e-7, "lr-max": 1e-3},
+    # The notebook's algorithm on its own search space, with issue 5's update guard.
+    "notebook": {"rules": "notebook", "lr-min": 1e-7, "lr-max": 1e-3, "max-update-norm": 3.0},
     **{f"fedavg@{lr:g}": {"strategy": "fedavg", "fedavg-lr": lr} for lr in GRID},
 }
 ABLATION: dict[str, dict[str, Any]] = {
@@ -73,9 +75,9 @@ def run_job(job: tuple[str, str, int, dict[str, Any], str, int]) -> dict[str, An
     run_dir = job_dir(Path(out), partition, variant, seed)
     results_file = run_dir / "results.json"
     started = time.perf_counter()
-    if results_file.is_file():
-        results = json.loads(results_file.read_text())
-    else:
+    results = json.loads(results_file.read_text()) if results_file.is_file() else None
+    if results is None or len(results["rounds"]) < overrides["num-server-rounds"]:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run starts again
         results = run_in_process(
             {**overrides, "partition": partition, "seed": seed, "out-dir": str(run_dir)}, clients
         )
@@ -199,17 +201,17 @@ def main(argv: Sequence[str] | None = None) -> int:
     partitions = [p.strip() for p in args.partitions.split(",") if p.strip()]
     ablation_partitions = {p.strip() for p in args.ablation_partitions.split(",") if p.strip()}
     seeds = range(args.first_seed, args.first_seed + args.seeds)
+    # The main table first, for every seed; the ablation after it.
+    tables_of_runs = [(partitions, VARIANTS), (sorted(ablation_partitions), ABLATION)]
     jobs = []
-    for seed in seeds:
-        for partition in partitions:
-            variants = dict(VARIANTS)
-            if partition in ablation_partitions:
-                variants |= ABLATION
-            for name, overrides in variants.items():
-                if not only or name in only:
-                    jobs.append(
-                        (partition, name, seed, {**shared, **overrides}, str(out), args.clients)
-                    )
+    for chosen_partitions, variants in tables_of_runs:
+        for seed in seeds:
+            for partition in chosen_partitions:
+                for name, overrides in variants.items():
+                    if not only or name in only:
+                        jobs.append(
+                            (partition, name, seed, {**shared, **overrides}, str(out), args.clients)
+                        )
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     command = "python benchmarks/quality.py " + " ".join(argv if argv is not None else sys.argv[1:])
     print(f"{len(jobs)} runs on {args.workers} worker(s); output in {out}", flush=True)

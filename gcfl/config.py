@@ -35,7 +35,6 @@ NOTEBOOK_RULES: dict[str, Any] = {
     "mutation-scale": 0.1,
     "resample": 0.0,
     "dbscan-eps": 0.15,
-    "max-update-norm": 3.0,
     "rollback": False,
 }
 

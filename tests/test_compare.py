@@ -321,6 +321,30 @@ def test_run_comparison_runs_each_grid_point_at_its_lr(monkeypatch, tmp_path):
     )
 
 
+def test_the_baselines_lr_in_the_grid_is_not_trained_twice(monkeypatch, tmp_path):
+    import gcfl.simulation.launcher
+    from gcfl.compare.runner import run_comparison
+
+    asked = []
+
+    def fake_simulate(config, num_clients, on_line):
+        asked.append(config.get("fedavg-lr"))
+        results = run(config["strategy"], 0, [0.4], clients=num_clients)
+        return SimpleNamespace(results=results, seconds=2.0, run_id=1)
+
+    monkeypatch.setattr(gcfl.simulation.launcher, "simulate", fake_simulate)
+    compare = plan(tmp_path, "fedavg,fedavg-tuned", grid=(1e-4, 1e-3), **{"fedavg-lr": 1e-4})
+    runs = run_comparison(compare, lambda *job: None, lambda *p: None, lambda e: None)
+    assert asked == [1e-4, 1e-3]  # fedavg, then only the grid point that differs
+    assert [r["strategy"] for r in runs] == ["fedavg", "fedavg@0.0001", "fedavg@0.001"]
+    assert runs[1]["same_run_as"] == "fedavg" and runs[1]["rounds"] == runs[0]["rounds"]
+    # Another baseline lr: every grid point is a run of its own.
+    other = plan(tmp_path / "b", "fedavg,fedavg-tuned", grid=(1e-4, 1e-3), **{"fedavg-lr": 3e-4})
+    asked.clear()
+    run_comparison(other, lambda *job: None, lambda *p: None, lambda e: None)
+    assert asked == [3e-4, 1e-4, 1e-3]
+
+
 def test_write_report_holds_grid_choice_and_every_grid_point(tmp_path):
     from gcfl.compare.runner import write_report
 

@@ -51,12 +51,9 @@ def test_notebook_preset_restores_the_notebook_rules_whatever_the_rule_keys_say(
         "linear",
         0.1,
     )
-    assert (config.resample, config.dbscan_eps, config.max_update_norm, config.rollback) == (
-        0.0,
-        0.15,
-        3.0,
-        False,
-    )
+    assert (config.resample, config.dbscan_eps, config.rollback) == (0.0, 0.15, False)
+    # The reliability guards are not the notebook's rules: they stay as set.
+    assert config.max_update_norm == 0.5
     # The preset survives the round trip through Flower's flat run config.
     assert parse_run_config(config.to_run_config()) == config
 

@@ -12,7 +12,6 @@ from pathlib import Path
 import pytest
 
 from gcfl.server.results import read_results
-from gcfl.simulation.inprocess import run_in_process
 from tests.flower_processes import (
     flwr_executable,
     gcfl_cli,
@@ -73,10 +72,18 @@ def test_flwr_run_three_rounds_follow_the_genetic_rules(tmp_path, no_leftover_pr
     assert len({c["lr"] for c in results["rounds"][0]["clients"]}) > 5
     assert (out_dir / "model.keras").is_file()
 
-    # The quality benchmark's in-process runs are the same runs, without Ray.
-    replay = run_in_process(
-        {"strategy": "gcfl", "num-server-rounds": 3, "out-dir": str(tmp_path / "replay")}, 10
+    # The quality benchmark's in-process runs are the same runs, without Ray (in a
+    # process of their own: this one may have run TensorFlow with other thread pools).
+    replay_dir = tmp_path / "replay"
+    code = (
+        "from gcfl.simulation.inprocess import run_in_process; "
+        f"run_in_process({{'num-server-rounds': 3, 'out-dir': {str(replay_dir)!r}}}, 10)"
     )
+    replayed_run = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=600
+    )
+    assert replayed_run.returncode == 0, replayed_run.stderr
+    replay = read_results(replay_dir)
     for simulated, replayed in zip(results["rounds"], replay["rounds"], strict=True):
         assert replayed["accuracy"] == pytest.approx(simulated["accuracy"], abs=1e-6)
         pairs = [(c["id"], c["lr"], c["batch_size"], c["status"]) for c in replayed["clients"]]

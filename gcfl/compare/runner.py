@@ -7,6 +7,7 @@ and a report (results.json, rounds.csv, summary.md, plots) in one folder.
 
 from __future__ import annotations
 
+import copy
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -75,17 +76,41 @@ def run_comparison(
     runs: list[dict[str, Any]] = []
     for name, repeat in plan.jobs():
         on_job_start(name, repeat)
-        job = _centralized_job if name == "centralized" else _simulate_job
-        entry = {
-            "repeat": repeat,
-            "seed": plan.seeds()[repeat],
-            **job(plan, name, repeat, on_round),
-        }
+        same = same_run_as(plan, name, repeat)
+        if same is not None:
+            # FedAvg at the baseline's own lr: the fedavg run already is this grid point.
+            done = next(r for r in runs if r["strategy"] == same and r["repeat"] == repeat)
+            entry = {**copy.deepcopy(done), "same_run_as": same}
+        else:
+            job = _centralized_job if name == "centralized" else _simulate_job
+            entry = {
+                "repeat": repeat,
+                "seed": plan.seeds()[repeat],
+                **job(plan, name, repeat, on_round),
+            }
         entry["strategy"] = name
         runs.append(entry)
         write_json_atomic(plan.out_dir / "results.json", {"runs": runs})
         on_job_done(entry)
     return runs
+
+
+def same_run_as(plan: ComparePlan, name: str, repeat: int) -> str | None:
+    """The earlier run of the plan that ``name`` would repeat exactly, if any.
+
+    With the defaults the grid holds the FedAvg baseline's lr (1e-4), and that
+    grid point is the ``fedavg`` run itself: same config but for its folder.
+    It is reported under both names, and the grid's cost still counts it.
+    """
+    if name not in plan.grid_runs() or "fedavg" not in plan.strategies:
+        return None
+
+    def config(run_name: str) -> Any:
+        return parse_run_config(
+            {k: v for k, v in plan.config_for(run_name, repeat).items() if k != "out-dir"}
+        )
+
+    return "fedavg" if config(name) == config("fedavg") else None
 
 
 def report_runs(plan: ComparePlan, runs: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:

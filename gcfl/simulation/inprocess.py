@@ -7,8 +7,11 @@ Flower's ``Server`` drives the rounds. Only the transport differs from
 directly, one fit at a time. No SuperLink and no Ray, so a run costs its
 training and nothing else, and one process can run many: the quality
 benchmark (``benchmarks/quality.py``) runs hundreds this way. Training is
-seeded per (seed, round, partition), so a run gives the same results as the
-same run config under ``flwr run`` (``tests/test_integration.py`` checks it).
+seeded per (seed, round, partition) and single-threaded, so a run in a fresh
+process gives bit for bit the results of the same run config under
+``flwr run`` (``tests/test_integration.py`` checks it). In a process where
+TensorFlow already ran with its default thread pools, the last bits of
+float32 sums differ, and the difference grows round by round.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from gcfl.client.client_app import client_fn
 from gcfl.config import default_run_config, parse_run_config
+from gcfl.model import make_training_reproducible
 from gcfl.server.results import RESULTS_FILE
 from gcfl.server.server_app import server_fn
 
@@ -82,6 +86,10 @@ def run_in_process(run_config: dict[str, Any], num_clients: int, run_id: int = 1
     config = parse_run_config(run_config)
     if not config.out_dir:
         raise ValueError("run_in_process needs an absolute out-dir in run_config")
+    # Before the ServerApp builds the initial model: TensorFlow fixes its thread
+    # pools at its first op, and two threads round float32 sums differently from
+    # the one a simulated client uses, so the runs would drift apart round by round.
+    make_training_reproducible()
     full_config = {**default_run_config(), **run_config}
     components = server_fn(
         Context(run_id, 0, {}, RecordDict(), full_config),
