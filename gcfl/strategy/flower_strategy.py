@@ -256,11 +256,10 @@ class GeneticClusteredFedAvg(FedAvg):
         rolled_back = self._rollback_decision(current, reports)
 
         labels = self.policy.step(server_round, reports)
-        migrants = getattr(self.policy, "migrants", set())
         for record in current.clients:
             record["cluster"] = labels.get(record["id"])
-            record["migrated"] = record["id"] in migrants
-            record["score"] = getattr(self.policy.states.get(record["id"]), "score", None)
+            record["migrated"] = record["id"] in self.policy.migrants
+            record["score"] = self.policy.states[record["id"]].score
         accepted = [candidates[cid] for cid in sorted(candidates)]
         current.accepted = len(accepted)
         if rolled_back is not None:

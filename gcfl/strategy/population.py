@@ -104,6 +104,7 @@ class HyperparameterPolicy(Protocol):
     """How a strategy picks each client's hyperparameters, round after round."""
 
     states: dict[int, ClientState]
+    migrants: set[int]  # the clients whose next pair the last step bred from the round's best
 
     def assignment(self, client_id: int) -> Hyperparameters | None:
         """The pair ``client_id`` trains with next; None when the client picks (init=search)."""
@@ -131,6 +132,7 @@ class FixedHyperparameters:
     def __init__(self, client_ids: Iterable[int], fixed: Hyperparameters) -> None:
         self.fixed = fixed
         self.states = {cid: ClientState(fixed.lr, fixed.batch_size) for cid in client_ids}
+        self.migrants: set[int] = set()
 
     def assignment(self, client_id: int) -> Hyperparameters:
         return self.fixed
