@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import os
 import signal
 import sys
 import time
@@ -11,13 +12,15 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
-from gcfl.compare.plan import DEFAULT_STRATEGIES
+from gcfl.compare.plan import DEFAULT_STRATEGIES, ENGINES
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
 from gcfl.data import DatasetError
 from gcfl.simulation.progress import PROGRESS_LINE
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30
+# Each in-process run holds its own TensorFlow (about 1 GB): one per core, at most 4.
+DEFAULT_WORKERS = max(1, min(4, os.cpu_count() or 1))
 
 
 class UsageError(ValueError):
@@ -142,6 +145,8 @@ def command_compare(args: argparse.Namespace) -> int:
         raise UsageError(f"--clients must be >= 1, got {args.clients}")
     if args.repeats < 1:
         raise UsageError(f"--repeats must be >= 1, got {args.repeats}")
+    if args.workers < 1:
+        raise UsageError(f"--workers must be >= 1, got {args.workers}")
     run_config = shared_run_config(args)
     run_config.pop("out-dir", None)
     run_config.pop("strategy", None)
@@ -154,6 +159,8 @@ def command_compare(args: argparse.Namespace) -> int:
         out_dir=Path(_absolute(args.out or str(_default_out_dir("compare")))),
         centralized_data=args.centralized_data,
         fedavg_lr_grid=grid,
+        engine=args.engine,
+        workers=args.workers,
     )
     for name in plan.run_names():
         if name != "centralized":
@@ -267,6 +274,20 @@ def make_parser() -> argparse.ArgumentParser:
         choices=("whole", "clients"),
         default="whole",
         help="centralized trains on the whole training set or the union of the clients' data",
+    )
+    compare.add_argument(
+        "--engine",
+        choices=ENGINES,
+        default="inprocess",
+        help="inprocess (default): each federation under Flower's server loop in a fresh "
+        "worker process, --workers at a time, without Ray; simulation: each through "
+        "`flwr run` and Flower's Ray simulation engine, one at a time (same results, slower)",
+    )
+    compare.add_argument(
+        "--workers",
+        type=int,
+        default=DEFAULT_WORKERS,
+        help=f"in-process runs at once (default {DEFAULT_WORKERS}: one per CPU core, at most 4)",
     )
     compare.set_defaults(handler=command_compare)
     deploy = commands.add_parser(

@@ -37,6 +37,7 @@ LRS = {"lr-min": 1e-5, "lr-max": 1e-1}  # the grid's range, whatever the default
 
 
 def plan(tmp_path, strategies=DEFAULT_STRATEGIES, grid=(), repeats=1, **run_config):
+    # The simulation engine runs its jobs here, one by one: the tests fake its launcher.
     return ComparePlan(
         run_config={**LRS, **run_config},
         strategies=parse_strategies(strategies),
@@ -44,6 +45,7 @@ def plan(tmp_path, strategies=DEFAULT_STRATEGIES, grid=(), repeats=1, **run_conf
         repeats=repeats,
         out_dir=tmp_path / "cmp",
         fedavg_lr_grid=grid,
+        engine="simulation",
     )
 
 

@@ -126,13 +126,13 @@ def test_cli_refuses_too_few_clients_before_starting_anything(tmp_path):
     assert "elite" in run.stderr and "num-supernodes" in run.stderr
 
 
-def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
+def small_digits_npz(folder: Path) -> Path:
+    import numpy as np
+
     from gcfl.data import load_digits_dataset
 
     digits = load_digits_dataset(seed=0)
-    npz = tmp_path / "small digits.npz"
-    import numpy as np
-
+    npz = folder / "small digits.npz"
     np.savez(
         npz,
         x_train=digits.x_train[:500, :, :, 0],
@@ -140,6 +140,11 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
         x_test=digits.x_test[:120],
         y_test=digits.y_test[:120],
     )
+    return npz
+
+
+def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
+    npz = small_digits_npz(tmp_path)
     out_dir = tmp_path / "cmp"
     run = gcfl_cli(
         "compare",
@@ -182,6 +187,26 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
     for name in ("accuracy", "loss", "clusters", "cluster_sizes", "lr_trajectories"):
         assert (out_dir / f"{name}.png").stat().st_size > 5000
     assert (out_dir / "compare.log").exists()
+
+
+def test_compare_engines_give_the_same_results(tmp_path, no_leftover_processes):
+    # In-process workers (the default) against `flwr run` under Ray: the same numbers.
+    npz = small_digits_npz(tmp_path)
+    finals = {}
+    for engine in ("simulation", "inprocess"):
+        out_dir = tmp_path / engine
+        run = gcfl_cli(
+            "compare",
+            *("--dataset", str(npz), "--rounds", "2", "--clients", "3"),
+            *("--strategies", "gcfl,fedavg", "--engine", engine, "--out", str(out_dir)),
+        )
+        assert run.returncode == 0, run.stdout + run.stderr
+        report = json.loads((out_dir / "results.json").read_text())
+        finals[engine] = [
+            [(r["accuracy"], r["loss"], [c["lr"] for c in r["clients"]]) for r in run["rounds"]]
+            for run in report["runs"]
+        ]
+    assert finals["simulation"] == finals["inprocess"]
 
 
 def test_interrupted_run_stops_every_process(tmp_path, no_leftover_processes):

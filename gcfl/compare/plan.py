@@ -57,6 +57,9 @@ def parse_lr_grid(text: str) -> tuple[float, ...]:
     return tuple(sorted(values.values()))
 
 
+ENGINES = ("inprocess", "simulation")
+
+
 def parse_strategies(text: str) -> tuple[str, ...]:
     """``"gcfl,fedavg"`` -> ("gcfl", "fedavg"), refusing unknown or repeated names."""
     names = tuple(name.strip() for name in text.split(",") if name.strip())
@@ -82,6 +85,8 @@ class ComparePlan:
     out_dir: Path
     centralized_data: str = "whole"
     fedavg_lr_grid: tuple[float, ...] = ()  # empty: the default grid over [lr-min, lr-max]
+    engine: str = "inprocess"  # or "simulation": each federation through ``flwr run``
+    workers: int = 1  # in-process runs at once, each in a fresh process
 
     def seeds(self) -> list[int]:
         base = parse_run_config(self.run_config).seed

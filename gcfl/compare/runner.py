@@ -8,6 +8,9 @@ and a report (results.json, rounds.csv, summary.md, plots) in one folder.
 from __future__ import annotations
 
 import copy
+import multiprocessing
+import os
+import queue
 import shlex
 import time
 from collections.abc import Callable, Sequence
@@ -62,6 +65,64 @@ def _centralized_job(
     }
 
 
+def _inprocess_job(
+    plan: ComparePlan, name: str, repeat: int, on_round: ProgressCallback
+) -> dict[str, Any]:
+    import logging
+
+    from gcfl.simulation.inprocess import run_in_process
+
+    config = plan.config_for(name, repeat)
+    rounds = parse_run_config(config).num_server_rounds
+
+    class RoundProgress(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            match = PROGRESS_LINE.search(record.getMessage())
+            if match:
+                on_round(name, repeat, int(match.group(1)), rounds)
+
+    flower_logger = logging.getLogger("flwr")
+    flower_logger.setLevel(logging.INFO)
+    flower_logger.addHandler(RoundProgress())
+    started = time.perf_counter()
+    results = run_in_process(config, plan.num_clients)
+    return {**results, "wall_seconds": round(time.perf_counter() - started, 2)}
+
+
+# The parent's queue, in each in-process worker (set by the pool's initializer).
+_worker_messages: Any = None
+
+
+def _init_worker(messages: Any) -> None:
+    global _worker_messages
+    _worker_messages = messages
+
+
+def _run_in_worker(task: tuple[ComparePlan, str, int]) -> tuple[str, int, dict[str, Any]]:
+    """One job in a fresh worker process; its output goes to a log in the run's folder."""
+    from gcfl.simulation.launcher import LOG_FILE
+
+    plan, name, repeat = task
+    run_dir = Path(plan.config_for(name, repeat)["out-dir"])
+    run_dir.mkdir(parents=True, exist_ok=True)
+    log_path = run_dir / ("centralized.log" if name == "centralized" else LOG_FILE)
+    log = open(log_path, "ab")  # noqa: SIM115 - fds 1 and 2 point here until the process exits
+    os.dup2(log.fileno(), 1)
+    os.dup2(log.fileno(), 2)
+    _worker_messages.put(("start", name, repeat))
+
+    def on_round(run_name: str, run_repeat: int, done: int, total: int) -> None:
+        _worker_messages.put(("round", run_name, run_repeat, done, total))
+
+    job = _centralized_job if name == "centralized" else _inprocess_job
+    try:
+        return name, repeat, job(plan, name, repeat, on_round)
+    except Exception as error:
+        # Only a message crosses back to the parent: say which run failed and where to look.
+        seed = plan.seeds()[repeat]
+        raise RuntimeError(f"{name} seed {seed} failed: {error!r}; see {log_path}") from None
+
+
 def run_comparison(
     plan: ComparePlan,
     on_job_start: Callable[[str, int], None],
@@ -71,28 +132,70 @@ def run_comparison(
     """Run every strategy (each grid point) for every repeat; results.json after each job.
 
     Each entry's ``strategy`` is its run name: ``gcfl``, ``fedavg``,
-    ``fedavg@<lr>`` or ``centralized``.
+    ``fedavg@<lr>`` or ``centralized``; entries are in the plan's order.
+    ``plan.engine`` "inprocess" runs each job in a fresh worker process,
+    ``plan.workers`` at a time, with Flower's server loop and no Ray (the
+    results are bit for bit those of ``flwr run``); "simulation" runs the
+    jobs one after another, each federation through ``flwr run``.
     """
-    runs: list[dict[str, Any]] = []
-    for name, repeat in plan.jobs():
-        on_job_start(name, repeat)
-        same = same_run_as(plan, name, repeat)
-        if same is not None:
-            # FedAvg at the baseline's own lr: the fedavg run already is this grid point.
-            done = next(r for r in runs if r["strategy"] == same and r["repeat"] == repeat)
-            entry = {**copy.deepcopy(done), "same_run_as": same}
-        else:
-            job = _centralized_job if name == "centralized" else _simulate_job
-            entry = {
-                "repeat": repeat,
-                "seed": plan.seeds()[repeat],
-                **job(plan, name, repeat, on_round),
-            }
-        entry["strategy"] = name
-        runs.append(entry)
-        write_json_atomic(plan.out_dir / "results.json", {"runs": runs})
+    jobs = plan.jobs()
+    source = {job: same_run_as(plan, *job) for job in jobs}
+    done: dict[tuple[str, int], dict[str, Any]] = {}
+
+    def finish(name: str, repeat: int, result: dict[str, Any]) -> None:
+        entry = {"repeat": repeat, "seed": plan.seeds()[repeat], **result, "strategy": name}
+        done[(name, repeat)] = entry
+        write_json_atomic(
+            plan.out_dir / "results.json", {"runs": [done[j] for j in jobs if j in done]}
+        )
         on_job_done(entry)
-    return runs
+        for job, same in source.items():
+            if same == name and job[1] == repeat and job not in done:
+                # FedAvg at the baseline's own lr: the fedavg run already is this grid point.
+                on_job_start(*job)
+                finish(*job, {**copy.deepcopy(result), "same_run_as": same})
+
+    to_run = [job for job in jobs if source[job] is None]
+    if plan.engine == "simulation":
+        for name, repeat in to_run:
+            on_job_start(name, repeat)
+            job = _centralized_job if name == "centralized" else _simulate_job
+            finish(name, repeat, job(plan, name, repeat, on_round))
+        return [done[job] for job in jobs]
+
+    context = multiprocessing.get_context("spawn")
+    messages = context.Queue()
+
+    def relay() -> None:
+        while True:
+            try:
+                message = messages.get_nowait()
+            except queue.Empty:
+                return
+            if message[0] == "start":
+                on_job_start(*message[1:])
+            else:
+                on_round(*message[1:])
+
+    tasks = [(plan, name, repeat) for name, repeat in to_run]
+    with context.Pool(
+        max(1, min(plan.workers, len(tasks))),
+        initializer=_init_worker,
+        initargs=(messages,),
+        maxtasksperchild=1,  # a fresh process per run: its TensorFlow state is the run's own
+    ) as pool:
+        results = pool.imap_unordered(_run_in_worker, tasks)
+        for _ in tasks:
+            while True:
+                relay()
+                try:
+                    name, repeat, result = results.next(timeout=0.2)
+                    break
+                except multiprocessing.TimeoutError:
+                    continue
+            relay()
+            finish(name, repeat, result)
+    return [done[job] for job in jobs]
 
 
 def same_run_as(plan: ComparePlan, name: str, repeat: int) -> str | None:

@@ -29,8 +29,7 @@ from flwr.server.strategy import FedAvg
 
 from gcfl.config import GcflConfig
 from gcfl.strategy.aggregation import update_problem, update_ratio, weighted_average
-from gcfl.strategy.features import SearchSpace
-from gcfl.strategy.genetic import Hyperparameters, Mutation
+from gcfl.strategy.genetic import Hyperparameters
 from gcfl.strategy.population import (
     FixedHyperparameters,
     GeneticPopulation,
@@ -73,17 +72,7 @@ def make_policy(
         return FixedHyperparameters(
             client_ids, Hyperparameters(config.fedavg_lr, config.fedavg_batch_size)
         )
-    space = SearchSpace(config.lr_min, config.lr_max, config.batch_min, config.batch_max)
-    settings = GeneticSettings(
-        space=space,
-        dbscan_eps=config.dbscan_eps,
-        dbscan_min_samples=config.dbscan_min_samples,
-        elite=config.elite,
-        mutation=Mutation(config.mutation, config.mutation_scale, config.resample, space),
-        recluster_every=config.recluster_every,
-        fitness=config.fitness,
-        migration=config.migration,
-    )
+    settings = GeneticSettings.from_config(config)
     if config.init == "search":
         return GeneticPopulation.search_init(client_ids, settings, rng)
     return GeneticPopulation.random_init(client_ids, settings, rng)

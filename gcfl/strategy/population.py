@@ -10,10 +10,12 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Literal, Protocol
 
 import numpy as np
 
+if TYPE_CHECKING:
+    from gcfl.config import GcflConfig
 from gcfl.strategy.clustering import NOISE, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
@@ -87,6 +89,21 @@ class GeneticSettings:
     @property
     def explore(self) -> Mutation:
         return self.mutation or Mutation(space=self.space)
+
+    @classmethod
+    def from_config(cls, config: GcflConfig) -> GeneticSettings:
+        """The settings a run config gives (its defaults: gcfl's defaults)."""
+        space = SearchSpace(config.lr_min, config.lr_max, config.batch_min, config.batch_max)
+        return cls(
+            space=space,
+            dbscan_eps=config.dbscan_eps,
+            dbscan_min_samples=config.dbscan_min_samples,
+            elite=config.elite,
+            mutation=Mutation(config.mutation, config.mutation_scale, config.resample, space),
+            recluster_every=config.recluster_every,
+            fitness=config.fitness,
+            migration=config.migration,
+        )
 
 
 def reclusters_in(server_round: int, recluster_every: int) -> bool:
