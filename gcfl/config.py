@@ -168,7 +168,7 @@ class GcflConfig:
         ),
     )
     local_epochs: int = field(
-        default=2, metadata=_key("local-epochs", "epochs per fit", _at_least_one)
+        default=5, metadata=_key("local-epochs", "epochs per fit", _at_least_one)
     )
     val_fraction: float = field(
         default=0.2,
@@ -230,7 +230,7 @@ class GcflConfig:
         default=2, metadata=_key("elite", "best members per group kept as they are", _non_negative)
     )
     mutation: str = field(
-        default="log",
+        default="linear",
         metadata=_key(
             "mutation",
             "log: Gaussian step in log space; linear: lr times 1-m, 1 or 1+m (notebook)",
@@ -246,7 +246,7 @@ class GcflConfig:
         ),
     )
     resample: float = field(
-        default=0.1,
+        default=0.0,
         metadata=_key(
             "resample",
             "log mutation: chance that an offspring is a fresh random pair",
