@@ -140,6 +140,22 @@ class TestGenetic:
         factors = {round(mutate_lr(1.0, 0.1, generator), 12) for _ in range(300)}
         assert factors == {0.9, 1.0, 1.1}
 
+    def test_linear_mutation_keeps_the_lr_in_the_space_unless_unbounded(self):
+        space = SearchSpace(1e-5, 1e-1, 16, 128)
+        edge = Hyperparameters(1e-1, 32)
+        bounded = Mutation("linear", 0.1, space=space)
+        drifting = Mutation("linear", 0.1, space=space, bounded=False)
+        lrs = {round(explore(edge, bounded, rng(s)).lr, 12) for s in range(40)}
+        assert lrs == {0.09, 0.1}
+        assert max(explore(edge, drifting, rng(s)).lr for s in range(40)) > 0.1
+
+    def test_gcfl_settings_bound_the_mutation_and_the_notebook_preset_does_not(self):
+        from gcfl.config import parse_run_config
+
+        assert GeneticSettings.from_config(parse_run_config({})).explore.bounded
+        notebook = GeneticSettings.from_config(parse_run_config({"rules": "notebook"}))
+        assert not notebook.explore.bounded
+
     def test_same_seed_same_offspring_different_seed_differs(self):
         group = members(*[(i, 1e-4 * (i + 1), 16 + i, 1.0 / (i + 1)) for i in range(8)])
         first = evolve_group(group, 2, LINEAR, rng(5))

@@ -49,12 +49,15 @@ class Mutation:
 
     ``"linear"``: the notebook's rule, lr times a factor drawn from
     {1 - scale, 1, 1 + scale}; the batch size only crosses over; no resampling.
+    With a ``space`` and ``bounded``, the lr stays inside the search space; the
+    notebook let it drift out (``bounded=False``).
     """
 
     rule: str = "log"
     scale: float = 0.1
     resample: float = 0.0
     space: SearchSpace | None = None
+    bounded: bool = True
 
     def __post_init__(self) -> None:
         if self.rule not in MUTATION_RULES:
@@ -99,7 +102,10 @@ def _reflect(value: float) -> float:
 def explore(pair: Hyperparameters, mutation: Mutation, rng: np.random.Generator) -> Hyperparameters:
     """PBT's explore: perturb an inherited pair (or, sometimes, draw a fresh one)."""
     if mutation.rule == "linear":
-        return Hyperparameters(mutate_lr(pair.lr, mutation.scale, rng), pair.batch_size)
+        lr = mutate_lr(pair.lr, mutation.scale, rng)
+        if mutation.bounded and mutation.space is not None:
+            lr = min(max(lr, mutation.space.lr_min), mutation.space.lr_max)
+        return Hyperparameters(lr, pair.batch_size)
     space = mutation.space
     assert space is not None
     if mutation.resample > 0 and rng.random() < mutation.resample:

@@ -99,7 +99,14 @@ class GeneticSettings:
             dbscan_eps=config.dbscan_eps,
             dbscan_min_samples=config.dbscan_min_samples,
             elite=config.elite,
-            mutation=Mutation(config.mutation, config.mutation_scale, config.resample, space),
+            mutation=Mutation(
+                config.mutation,
+                config.mutation_scale,
+                config.resample,
+                space,
+                # The notebook's lr drifted past its range; gcfl's stays in the space.
+                bounded=config.rules != "notebook",
+            ),
             recluster_every=config.recluster_every,
             fitness=config.fitness,
             migration=config.migration,
