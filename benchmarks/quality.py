@@ -53,7 +53,7 @@ ABLATION: dict[str, dict[str, Any]] = {
     "gcfl fitness on validation split": {"fitness": "val-improvement"},
     "gcfl -migration": {"migration": 0.0},
     # The log-space mutation that was the default before this benchmark showed it worse.
-    "gcfl log mutation (0.4-decade steps, 10% resample)": {"mutation": "log", "resample": 0.1},
+    "gcfl log mutation (0.4-decade steps + 10% resample)": {"mutation": "log", "resample": 0.1},
     "gcfl -auto eps (0.15)": {"dbscan-eps": 0.15},
     "gcfl -collapse guards": {"rollback": False, "max-update-norm": 3.0},
 }
