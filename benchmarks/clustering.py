@@ -26,7 +26,6 @@ from sklearn.cluster import DBSCAN
 from gcfl.config import parse_run_config
 from gcfl.strategy.clustering import auto_eps
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
-from gcfl.strategy.genetic import random_hyperparameters
 from gcfl.strategy.grid_dbscan import grid_dbscan
 
 count, eps, which = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]

@@ -9,10 +9,9 @@ gives the same clusters without listing neighbours:
   at most ``eps / sqrt(2)`` apart, so they are neighbours with a margin that no
   float rounding can eat;
 - every point of a cell holding at least ``min_samples`` points is a core point;
-  a point of any other cell has its neighbours counted among the points of the
-  cells around it, with the same arithmetic as scikit-learn's KD-tree (and
-  there are few such pairs: such a cell holds fewer than ``min_samples``
-  points, and each cell has 48 cells around it);
+  a point of any other cell is core when its ``min_samples``-th nearest point
+  (itself first, found on a KD-tree) is within eps, the distance recomputed
+  with the same arithmetic as scikit-learn's KD-tree;
 - the core points of one cell form one cluster; two cells' clusters join when
   some pair of their core points is within eps. Small cell pairs are checked in
   vectorised batches, large ones with a nearest-neighbour query, skipped when
@@ -197,7 +196,8 @@ def grid_dbscan(
     if len(core_points) == 0:
         return labels
 
-    cluster_of_core = _core_clusters(points, keys, core_points, width, eps)
+    core_cells = _Cells(keys, core_points)
+    cluster_of_core = _core_clusters(points, core_points, core_cells, width, eps)
     # Number clusters by their lowest-index core point, as scikit-learn does.
     first_seen = np.sort(np.unique(cluster_of_core, return_index=True)[1])
     renumber = np.empty(int(cluster_of_core.max()) + 1, dtype=np.int64)
@@ -209,7 +209,6 @@ def grid_dbscan(
     if len(others):
         nearest = np.full(count, -1, dtype=np.int64)
         best = np.full(count, np.inf)
-        core_cells = _Cells(keys, core_points)
         for query, neighbour in _close_pairs(points, keys, others, core_cells, width, eps):
             distance = _squared_distances(points[query], points[neighbour])
             # Closest first, then keep each query's first pair.
@@ -227,16 +226,16 @@ def grid_dbscan(
 
 
 def _core_clusters(
-    points: np.ndarray, keys: np.ndarray, core_points: np.ndarray, width: int, eps: float
+    points: np.ndarray, core_points: np.ndarray, cells: _Cells, width: int, eps: float
 ) -> np.ndarray:
     """A cluster id for each core point (ids are arbitrary; equal id, same cluster).
 
     The core points of one cell are one cluster; two cells join when some pair
     of their core points is within eps: cheap pairs of cells are tested in
     vectorised batches, the costly ones (both cells crowded) one by one, and
-    only while the two cells are not already joined through others.
+    only while the two cells are not already joined through others. ``cells``
+    holds exactly the core points.
     """
-    cells = _Cells(keys, core_points)
     sorted_points = points[cells.points_in_order]
     count = len(cells.keys)
     cheap_a, cheap_b, costly_a, costly_b = [], [], [], []
