@@ -201,12 +201,34 @@ def command_deploy(args: argparse.Namespace) -> int:
         flush=True,
     )
     echo = _line_printer(args.verbose, config.num_server_rounds)
-    result = deploy(run_config, args.nodes, insecure=args.insecure, netns=args.netns, on_line=echo)
+    result = deploy(
+        run_config,
+        args.nodes,
+        insecure=args.insecure,
+        netns=args.netns,
+        warm_worker=not args.no_worker,
+        on_line=echo,
+    )
     print_rounds_table(result.results)
     print(f"\nwall time {result.seconds:.1f} s (run {result.run_id})")
     print(f"results: {result.out_dir / 'results.json'}")
     print(f"logs:    {result.log_dir}")
     return 0
+
+
+def command_worker(args: argparse.Namespace) -> int:
+    from gcfl.client.worker import main as worker_main
+
+    return worker_main(["--socket", args.socket])
+
+
+def command_node(args: argparse.Namespace) -> int:
+    from gcfl.deploy.node import run_node
+
+    supernode = [part for part in args.supernode if part != "--"]
+    if not supernode:
+        raise UsageError("give the flower-supernode command line after '--'")
+    return run_node(args.worker_socket, supernode)
 
 
 def command_config(args: argparse.Namespace) -> int:
@@ -299,10 +321,28 @@ def make_parser() -> argparse.ArgumentParser:
     deploy.add_argument(
         "--netns", action="store_true", help="each SuperNode in its own network namespace (root)"
     )
+    deploy.add_argument(
+        "--no-worker",
+        action="store_true",
+        help="no warm training worker: every ClientApp process imports TensorFlow itself",
+    )
     deploy.add_argument("--out", help="results folder (default ./gcfl-results/deploy-<time>)")
     deploy.add_argument("--set", action="append", metavar="KEY=VALUE", help="run-config key")
     deploy.add_argument("--verbose", action="store_true", help="show Flower's full log")
     deploy.set_defaults(handler=command_deploy)
+    worker = commands.add_parser(
+        "worker", help="the warm training worker of one SuperNode (see gcfl node)"
+    )
+    worker.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    worker.set_defaults(handler=command_worker)
+    node = commands.add_parser(
+        "node",
+        help="a SuperNode and its warm training worker: gcfl node --worker-socket PATH -- "
+        "flower-supernode ... --node-config \"... worker-socket='PATH'\"",
+    )
+    node.add_argument("--worker-socket", required=True, help="Unix socket of the worker")
+    node.add_argument("supernode", nargs=argparse.REMAINDER, help="the flower-supernode command")
+    node.set_defaults(handler=command_node)
     config = commands.add_parser("config", help="list every run-config key and its default")
     config.set_defaults(handler=command_config)
     return parser

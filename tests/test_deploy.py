@@ -18,7 +18,7 @@ from gcfl.deploy.local import Deployment, _register, _wait_for_superlink
 from gcfl.deploy.topology import (
     CertificatePaths,
     connection_toml,
-    register_command,
+    node_command,
     superlink_command,
     supernode_command,
 )
@@ -58,14 +58,32 @@ class TestCompose:
             "./deploy/certs:/certs:ro" in link["volumes"]
             and "./results:/results" in link["volumes"]
         )
-        registration = services["register-supernodes"]["command"][0]
+        # No engine healthcheck (podman without systemd never runs one): the
+        # registration step waits for the SuperLink itself, bounded.
+        assert all("healthcheck" not in service for service in services.values())
+        registration = services["register-supernodes"]["command"]
+        assert registration[:3] == ["python", "-m", "gcfl.deploy.register"]
+        assert registration[registration.index("--address") + 1] == "superlink:9093"
+        assert float(registration[registration.index("--wait") + 1]) > 0
         for index in range(3):
-            assert " ".join(register_command(index, CONTAINER_CERTS, "gcfl-deploy")) in registration
+            assert CONTAINER_CERTS.node_public_key(index) in registration
             node = services[f"supernode-{index}"]
-            assert node["command"] == supernode_command(
-                index, 3, superlink="superlink:9093", certs=CONTAINER_CERTS
+            # Each SuperNode runs beside its warm training worker, on one socket.
+            socket_path = node["command"][node["command"].index("--worker-socket") + 1]
+            assert node["command"] == node_command(
+                socket_path,
+                supernode_command(
+                    index,
+                    3,
+                    superlink="superlink:9093",
+                    certs=CONTAINER_CERTS,
+                    worker_socket=socket_path,
+                ),
             )
-            assert f"partition-id={index} num-partitions=3" in node["command"]
+            assert (
+                f"partition-id={index} num-partitions=3 worker-socket='{socket_path}'"
+                in (node["command"])
+            )
             assert node["depends_on"] == {
                 "register-supernodes": {"condition": "service_completed_successfully"}
             }
@@ -145,6 +163,12 @@ def test_deploy_three_nodes_with_tls_and_auth(tmp_path, no_leftover_processes):
     assert len({c["assigned_lr"] for c in results["rounds"][0]["clients"]}) == 3
     logs = out_dir / "deploy-logs"
     assert "registered successfully" in (logs / "register-0.log").read_text()
+    for index in range(3):
+        # Every round trained on the node's warm worker, none in a ClientApp process.
+        node_log = (logs / f"supernode-{index}.log").read_text()
+        for server_round in (1, 2):
+            assert f"trained partition {index}, round {server_round}," in node_log
+        assert "training in the ClientApp process instead" not in node_log
     assert "DEPRECATED" not in (out_dir / "flower.log").read_text()
 
 

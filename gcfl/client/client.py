@@ -43,7 +43,7 @@ class GcflClient(NumPyClient):
         from gcfl.model import cached_model, make_training_reproducible
 
         make_training_reproducible()
-        from gcfl.client.training import fit_once, search_init
+        from gcfl.client.training import check_weight_shapes, fit_once, search_init
 
         cfg = self.config
         server_round = int(config[FIT_ROUND])
@@ -66,6 +66,7 @@ class GcflClient(NumPyClient):
             cfg.val_fraction,
         )
         model = cached_model(cfg.model, dataset.input_shape, dataset.num_classes)
+        check_weight_shapes(model, parameters)
         fit_seed = int(
             np.random.SeedSequence([cfg.seed, server_round, self.partition_id]).generate_state(1)[0]
         )

@@ -1,12 +1,58 @@
-"""The Flower ClientApp: one :class:`GcflClient` per message, keyed by the node's partition id."""
+"""The Flower ClientApp: one :class:`GcflClient` per message, keyed by the node's partition id.
+
+A node whose config names a ``worker-socket`` trains on its warm training
+worker (:mod:`gcfl.client.worker`) and falls back to training in this process,
+with a warning, when the worker does not answer.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Mapping
+from typing import Any
+
 from flwr.client import Client, ClientApp
-from flwr.common import Context
+from flwr.common import Config, Context, NDArrays, Scalar
+from flwr.common.logger import log
 
 from gcfl.client.client import GcflClient
-from gcfl.config import ConfigError, parse_run_config
+from gcfl.client.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
+from gcfl.config import ConfigError, GcflConfig, parse_run_config
+
+
+class WorkerBackedClient(GcflClient):
+    """A :class:`GcflClient` whose ``fit`` runs on the node's training worker when it answers."""
+
+    def __init__(
+        self,
+        partition_id: int,
+        num_partitions: int,
+        config: GcflConfig,
+        run_config: Mapping[str, Any],
+        worker_socket: str,
+    ) -> None:
+        super().__init__(partition_id, num_partitions, config)
+        self.run_config = dict(run_config)
+        self.worker_socket = worker_socket
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        try:
+            return fit_on_worker(
+                self.worker_socket,
+                partition_id=self.partition_id,
+                num_partitions=self.num_partitions,
+                run_config=self.run_config,
+                parameters=list(parameters),
+                fit_config=config,
+            )
+        except WorkerUnavailable as error:
+            log(
+                logging.WARNING,
+                "gcfl: %s; training in the ClientApp process instead "
+                "(it pays the TensorFlow import and tracing on every round)",
+                error,
+            )
+        return super().fit(parameters, config)
 
 
 def client_fn(context: Context) -> Client:
@@ -20,6 +66,11 @@ def client_fn(context: Context) -> Client:
             f"node config lacks {missing}; start each SuperNode with "
             "--node-config 'partition-id=<i> num-partitions=<n>'"
         ) from None
+    worker_socket = context.node_config.get(NODE_CONFIG_KEY)
+    if worker_socket:
+        return WorkerBackedClient(
+            partition_id, num_partitions, config, context.run_config, str(worker_socket)
+        ).to_client()
     return GcflClient(partition_id, num_partitions, config).to_client()
 
 

@@ -188,6 +188,19 @@ def evaluate_weights(
     return compiled_steps(model).evaluate(*_arrays(x, y))
 
 
+def check_weight_shapes(model: keras.Model, weights: list[np.ndarray]) -> None:
+    """A clear error when ``weights`` do not fit ``model`` (another model, a corrupt message)."""
+    expected = [tuple(w.shape) for w in model.weights]
+    got = [tuple(np.shape(w)) for w in weights]
+    if got != expected:
+        if len(got) != len(expected):
+            detail = f"{len(got)} arrays, the model has {len(expected)}"
+        else:
+            index = next(i for i, (a, b) in enumerate(zip(got, expected, strict=True)) if a != b)
+            detail = f"array {index} has shape {got[index]}, the model expects {expected[index]}"
+        raise ValueError(f"weights do not fit model {model.name!r}: {detail}")
+
+
 def _finite(values: list[np.ndarray]) -> bool:
     return all(np.all(np.isfinite(v)) for v in values)
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import shutil
 import ssl
 import subprocess
+import sys
 import tempfile
 import time
 import urllib.error
@@ -28,6 +29,7 @@ from gcfl.deploy.topology import (
     CONNECTION_NAME,
     CertificatePaths,
     connection_toml,
+    node_command,
     register_command,
     superlink_command,
     supernode_command,
@@ -63,6 +65,17 @@ class DeploymentResult:
 
 
 def _resolve(command: list[str]) -> list[str]:
+    """Executables of this environment, whether or not its bin folder is on PATH."""
+    if command[0] == "gcfl":
+        separator = command.index("--") if "--" in command else len(command)
+        inner = command[separator + 1 :]
+        return [
+            sys.executable,
+            "-m",
+            "gcfl.cli",
+            *command[1 : separator + 1],
+            *(_resolve(inner) if inner else []),
+        ]
     return [flower_command(command[0]), *command[1:]]
 
 
@@ -126,9 +139,14 @@ def deploy(
     *,
     insecure: bool = False,
     netns: bool = False,
+    warm_worker: bool = True,
     on_line: Callable[[str], None] | None = None,
 ) -> DeploymentResult:
-    """Run the gcfl App on a local SuperLink and ``num_nodes`` SuperNodes; return the results."""
+    """Run the gcfl App on a local SuperLink and ``num_nodes`` SuperNodes; return the results.
+
+    With ``warm_worker`` every SuperNode gets its training worker (``gcfl node``),
+    so TensorFlow is imported and the model traced once per node, not per round.
+    """
     _, out_dir = prepare_run(run_config, num_nodes)
     log_dir = out_dir / "deploy-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -164,11 +182,18 @@ def deploy(
         for index in range(num_nodes):
             if certs is not None:
                 _register(index, certs, env, log_dir)
+            worker_socket = str(work / f"worker-{index}.sock") if warm_worker else None
+            supernode = supernode_command(
+                index,
+                num_nodes,
+                superlink=address,
+                certs=certs,
+                port=free_port(),
+                worker_socket=worker_socket,
+            )
             deployment.start(
                 f"supernode-{index}",
-                supernode_command(
-                    index, num_nodes, superlink=address, certs=certs, port=free_port()
-                ),
+                supernode if worker_socket is None else node_command(worker_socket, supernode),
                 prefix=network.exec_prefix(index) if network else None,
             )
         overrides = work / "run-config.toml"

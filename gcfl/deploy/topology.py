@@ -18,6 +18,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from gcfl.client.worker import NODE_CONFIG_KEY
+
 SUPERLINK_PORT = 9093
 SUPERNODE_PORT = 9094
 CONNECTION_NAME = "gcfl-deploy"
@@ -98,8 +100,12 @@ def supernode_command(
     certs: CertificatePaths | None,
     host: str = "127.0.0.1",
     port: int = SUPERNODE_PORT,
+    worker_socket: str | None = None,
 ) -> list[str]:
-    """SuperNode ``index`` of ``num_nodes``: its partition, its key, its local app API port."""
+    """SuperNode ``index`` of ``num_nodes``: its partition, its key, its local app API port.
+
+    ``worker_socket`` tells its ClientApps where the node's training worker listens.
+    """
     command = ["flower-supernode", "--superlink", superlink]
     if certs is None:
         command.append("--insecure")
@@ -110,14 +116,42 @@ def supernode_command(
             "--auth-supernode-private-key",
             certs.node_private_key(index),
         ]
-    command += ["--node-config", f"partition-id={index} num-partitions={num_nodes}"]
+    node_config = f"partition-id={index} num-partitions={num_nodes}"
+    if worker_socket is not None:
+        node_config += f" {NODE_CONFIG_KEY}='{worker_socket}'"
+    command += ["--node-config", node_config]
     command += _subprocess_apps(host, port)
     return command
+
+
+def node_command(worker_socket: str, supernode: list[str]) -> list[str]:
+    """A SuperNode and its warm training worker as one process tree (``gcfl node``)."""
+    return ["gcfl", "node", "--worker-socket", worker_socket, "--", *supernode]
 
 
 def register_command(index: int, certs: CertificatePaths, connection: str) -> list[str]:
     """Register SuperNode ``index``'s public key with the SuperLink."""
     return ["flwr", "supernode", "register", certs.node_public_key(index), connection]
+
+
+def register_command_line(
+    address: str, certs: CertificatePaths, connection: str, num_nodes: int, *, wait_s: float
+) -> list[str]:
+    """Wait (bounded) for the SuperLink at ``address``, then register every node's key."""
+    return [
+        "python",
+        "-m",
+        "gcfl.deploy.register",
+        "--address",
+        address,
+        "--ca",
+        certs.ca_certificate,
+        "--connection",
+        connection,
+        "--wait",
+        f"{wait_s:g}",
+        *(certs.node_public_key(i) for i in range(num_nodes)),
+    ]
 
 
 def connection_toml(address: str, ca_certificate: str | None) -> str:

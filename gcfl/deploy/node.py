@@ -1,0 +1,54 @@
+"""``gcfl node``: a SuperNode together with its warm training worker, as one process tree.
+
+A container runs one command; this is that command for a SuperNode service:
+it starts the training worker on ``--worker-socket``, waits (bounded) until it
+answers, then runs the given ``flower-supernode`` command line, which names
+the same socket in its ``--node-config``. The SuperNode's exit code is the
+node's; SIGTERM (``docker stop``) stops both. A worker that fails to start or
+dies later does not stop the node: its ClientApps then train in-process, with
+a warning, and this says so in the node's log.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import sys
+from collections.abc import Sequence
+
+from gcfl.client.worker import wait_for_worker
+from gcfl.simulation.superlink import stop_process_tree
+
+WORKER_START_TIMEOUT_S = 120.0
+
+
+def _raise_interrupt(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt
+
+
+def run_node(worker_socket: str, supernode_command: Sequence[str]) -> int:
+    """Start the worker, then the SuperNode; stop both when the SuperNode ends or on SIGTERM."""
+    if not supernode_command:
+        raise ValueError("gcfl node: give the flower-supernode command line after '--'")
+    signal.signal(signal.SIGTERM, _raise_interrupt)
+    worker = subprocess.Popen(
+        [sys.executable, "-m", "gcfl.client.worker", "--socket", worker_socket],
+        start_new_session=True,
+    )
+    supernode = None
+    try:
+        if not wait_for_worker(worker_socket, WORKER_START_TIMEOUT_S):
+            print(
+                f"gcfl node: the training worker did not answer at {worker_socket} within "
+                f"{WORKER_START_TIMEOUT_S:.0f} s; ClientApps will train in-process",
+                file=sys.stderr,
+                flush=True,
+            )
+        supernode = subprocess.Popen(list(supernode_command), start_new_session=True)
+        return supernode.wait()
+    except KeyboardInterrupt:
+        return 0
+    finally:
+        if supernode is not None:
+            stop_process_tree(supernode.pid)
+        stop_process_tree(worker.pid)
