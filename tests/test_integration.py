@@ -213,28 +213,32 @@ def test_interrupted_run_stops_every_process(tmp_path, no_leftover_processes):
     import signal
     import time
 
-    process = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gcfl.cli",
-            "run",
-            "--rounds",
-            "20",
-            "--clients",
-            "3",
-            "--out",
-            str(tmp_path / "out"),
-        ],
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    # Files, not pipes: a pipe nobody reads can fill and stall the run.
+    stdout_file, stderr_file = tmp_path / "stdout.txt", tmp_path / "stderr.txt"
+    with open(stdout_file, "w") as stdout, open(stderr_file, "w") as stderr:
+        process = subprocess.Popen(
+            [
+                sys.executable,
+                "-m",
+                "gcfl.cli",
+                "run",
+                "--rounds",
+                "20",
+                "--clients",
+                "3",
+                "--out",
+                str(tmp_path / "out"),
+            ],
+            stdout=stdout,
+            stderr=stderr,
+            text=True,
+        )
     deadline = time.monotonic() + 300
-    for line in process.stdout:
-        if "round   1/20" in line or time.monotonic() > deadline:
-            break
+    while "round   1/20" not in stdout_file.read_text() and time.monotonic() < deadline:
+        assert process.poll() is None, stderr_file.read_text()[-3000:]
+        time.sleep(0.5)
     process.send_signal(signal.SIGINT)
-    _, stderr = process.communicate(timeout=120)
-    assert process.returncode == 130, stderr
-    assert "interrupted" in stderr
+    process.wait(timeout=180)
+    output = stdout_file.read_text()[-2000:] + stderr_file.read_text()[-3000:]
+    assert process.returncode == 130, output
+    assert "interrupted" in stderr_file.read_text(), output

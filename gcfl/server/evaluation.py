@@ -28,14 +28,18 @@ class CentralEvaluator:
         return load_dataset(self.config.dataset, self.config.data_dir, self.config.seed)
 
     def _model(self):
-        from gcfl.model import cached_model
+        from gcfl.model import cached_model, make_training_reproducible
 
+        # The same evaluation, bit for bit, whichever process runs the server
+        # (Flower's ServerApp, or gcfl's in-process engine, which calls it too).
+        make_training_reproducible()
         return cached_model(self.config.model, self.dataset.input_shape, self.dataset.num_classes)
 
     def initial_weights(self) -> NDArrays:
         """The initial global model: the same weights for the same seed, run after run."""
-        from gcfl.model import build_model
+        from gcfl.model import build_model, make_training_reproducible
 
+        make_training_reproducible()
         model = build_model(
             self.config.model, self.dataset.input_shape, self.dataset.num_classes, self.config.seed
         )
