@@ -105,8 +105,10 @@ def main() -> None:
                 engine.close()
 
     reference = None
-    print(f"| mode ({args.nodes} clients, {args.rounds} rounds, {args.repeats} repeats) "
-          "| round 1 s | rounds 2+ s (each run) | mean rounds 2+ s | / gcfl run |")
+    print(
+        f"| mode ({args.nodes} clients, {args.rounds} rounds, {args.repeats} repeats) "
+        "| round 1 s | rounds 2+ s (each run) | mean rounds 2+ s | / gcfl run |"
+    )
     print("|---|---:|---|---:|---:|")
     for name, runs in per_round.items():
         later = [s for seconds in runs for s in seconds[1:]]

@@ -27,6 +27,7 @@ from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.netns import NamespaceNetwork
 from gcfl.deploy.topology import (
     CONNECTION_NAME,
+    SUPERNODE_ENVIRONMENT,
     CertificatePaths,
     connection_toml,
     node_command,
@@ -155,6 +156,7 @@ def deploy(
     flwr_home.mkdir()
     env = tool_environment(flwr_home, work / "ray")
     env["FLWR_DISABLE_RUNTIME_DEPENDENCY_INSTALLATION"] = "1"
+    env = {**SUPERNODE_ENVIRONMENT, **env}
     deployment = Deployment(work, log_dir, env)
     network = NamespaceNetwork(num_nodes) if netns else None
     started = time.perf_counter()

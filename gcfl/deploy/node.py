@@ -11,12 +11,14 @@ a warning, and this says so in the node's log.
 
 from __future__ import annotations
 
+import os
 import signal
 import subprocess
 import sys
 from collections.abc import Sequence
 
 from gcfl.client.worker import wait_for_worker
+from gcfl.deploy.topology import SUPERNODE_ENVIRONMENT
 from gcfl.simulation.superlink import stop_process_tree
 
 WORKER_START_TIMEOUT_S = 120.0
@@ -44,7 +46,8 @@ def run_node(worker_socket: str, supernode_command: Sequence[str]) -> int:
                 file=sys.stderr,
                 flush=True,
             )
-        supernode = subprocess.Popen(list(supernode_command), start_new_session=True)
+        env = {**SUPERNODE_ENVIRONMENT, **os.environ}
+        supernode = subprocess.Popen(list(supernode_command), env=env, start_new_session=True)
         return supernode.wait()
     except KeyboardInterrupt:
         return 0

@@ -20,6 +20,11 @@ from dataclasses import dataclass, field
 
 from gcfl.client.worker import NODE_CONFIG_KEY
 
+# A SuperNode's SuperExec looks for new ClientApp tasks every second by
+# default, so every round waited half a second on average for it; Flower
+# reads this variable (a user's own value wins).
+SUPERNODE_ENVIRONMENT = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
+
 SUPERLINK_PORT = 9093
 SUPERNODE_PORT = 9094
 CONNECTION_NAME = "gcfl-deploy"

@@ -9,7 +9,8 @@ from __future__ import annotations
 from typing import Any
 
 from flwr.common import Context, NDArrays, ndarrays_to_parameters
-from flwr.server import ServerApp, ServerAppComponents, ServerConfig
+from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
+from flwr.server.compat import start_grid
 
 from gcfl.config import GcflConfig, parse_run_config
 from gcfl.server.checkpoint import (
@@ -20,6 +21,7 @@ from gcfl.server.checkpoint import (
     save_checkpoint,
 )
 from gcfl.server.evaluation import CentralEvaluator
+from gcfl.server.grid import PromptGrid
 from gcfl.server.results import MODEL_FILE, RunRecorder, package_versions, resolve_out_dir
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
 
@@ -90,4 +92,11 @@ def server_fn(context: Context) -> ServerAppComponents:
     return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=remaining))
 
 
-app = ServerApp(server_fn=server_fn)
+app = ServerApp()
+
+
+@app.main()
+def main(grid: Grid, context: Context) -> None:
+    """What ``ServerApp(server_fn=server_fn)`` runs, on a Grid that looks for replies promptly."""
+    components = server_fn(context)
+    start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)
