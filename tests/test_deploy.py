@@ -231,3 +231,15 @@ def test_deploy_in_network_namespaces(tmp_path, no_leftover_processes):
     assert len(set(activations)) == 3
     listed = subprocess.run(["ip", "netns", "list"], capture_output=True, text=True).stdout
     assert "gcfl-" not in listed
+
+
+def test_registration_waits_a_bounded_time_and_says_why_it_gave_up(capsys):
+    from gcfl.deploy.register import main as register_main
+
+    port = free_port()  # nothing listens there
+    code = register_main(
+        ["--address", f"127.0.0.1:{port}", "--connection", "c", "--wait", "1", "key.pub"]
+    )
+    assert code == 1
+    error = capsys.readouterr().err
+    assert f"did not answer at http://127.0.0.1:{port}/health within 1 s" in error
