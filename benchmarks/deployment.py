@@ -20,7 +20,6 @@ Per-round seconds come from each run's results.json; the table gives rounds
 from __future__ import annotations
 
 import argparse
-import json
 import statistics
 import subprocess
 import sys
@@ -29,7 +28,13 @@ import time
 from collections.abc import Callable
 from pathlib import Path
 
+from gcfl.server.results import read_results
+
 ROOT = Path(__file__).resolve().parents[1]
+
+
+def round_seconds(out_dir: Path) -> list[float]:
+    return [record["seconds"] for record in read_results(out_dir)["rounds"]]
 
 
 def cli_job(command: list[str]) -> Callable[[Path], list[float]]:
@@ -39,7 +44,7 @@ def cli_job(command: list[str]) -> Callable[[Path], list[float]]:
             check=True,
             capture_output=True,
         )
-        return [r["seconds"] for r in json.loads((out_dir / "results.json").read_text())["rounds"]]
+        return round_seconds(out_dir)
 
     return run
 
@@ -50,8 +55,7 @@ def container_job(stack, rounds: int) -> Callable[[Path], list[float]]:
         submission = stack.submit(ROOT, f"num-server-rounds={rounds} out-dir='/results/{name}'")
         if submission.status != "finished:completed":
             raise RuntimeError(f"container run ended as {submission.status}; see {submission.log}")
-        results = stack.directory / "results" / name / "results.json"
-        return [r["seconds"] for r in json.loads(results.read_text())["rounds"]]
+        return round_seconds(stack.directory / "results" / name)
 
     return run
 

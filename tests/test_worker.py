@@ -55,6 +55,17 @@ def worker(tmp_path):
     yield str(path)
 
 
+def _fit_on_worker(socket_path, parameters, *, partition_id, run_config=RUN_CONFIG):
+    return fit_on_worker(
+        socket_path,
+        partition_id=partition_id,
+        num_partitions=5,
+        run_config=run_config,
+        parameters=parameters,
+        fit_config=FIT_CONFIG,
+    )
+
+
 def _pair():
     left, right = socket.socketpair()
     return left, right
@@ -107,14 +118,7 @@ def test_pickled_arrays_are_refused():
 
 def test_worker_fit_equals_in_process_fit(worker):
     parameters = _initial_weights()
-    weights, count, metrics = fit_on_worker(
-        worker,
-        partition_id=1,
-        num_partitions=5,
-        run_config=RUN_CONFIG,
-        parameters=parameters,
-        fit_config=FIT_CONFIG,
-    )
+    weights, count, metrics = _fit_on_worker(worker, parameters, partition_id=1)
     expected_weights, expected_count, expected_metrics = _in_process(RUN_CONFIG, parameters)
     assert count == expected_count
     assert all(np.array_equal(a, b) for a, b in zip(weights, expected_weights, strict=True))
@@ -126,44 +130,17 @@ def test_wrong_shapes_are_an_error_and_the_worker_keeps_serving(worker):
     parameters = _initial_weights()
     wrong = [np.zeros((3, 3), dtype=np.float32), *parameters[1:]]
     with pytest.raises(WorkerFitError, match="shape"):
-        fit_on_worker(
-            worker,
-            partition_id=0,
-            num_partitions=5,
-            run_config=RUN_CONFIG,
-            parameters=wrong,
-            fit_config=FIT_CONFIG,
-        )
-    _, count, _ = fit_on_worker(
-        worker,
-        partition_id=0,
-        num_partitions=5,
-        run_config=RUN_CONFIG,
-        parameters=parameters,
-        fit_config=FIT_CONFIG,
-    )
+        _fit_on_worker(worker, wrong, partition_id=0)
+    _, count, _ = _fit_on_worker(worker, parameters, partition_id=0)
     assert count > 0
 
 
 def test_a_run_with_another_model_gets_that_model(worker):
     run_config = {**RUN_CONFIG, "model": "tests.tiny_model:build"}
     parameters = _initial_weights("tests.tiny_model:build")
-    fit_on_worker(  # the default model first, so the worker has one cached
-        worker,
-        partition_id=2,
-        num_partitions=5,
-        run_config=RUN_CONFIG,
-        parameters=_initial_weights(),
-        fit_config=FIT_CONFIG,
-    )
-    weights, _, _ = fit_on_worker(
-        worker,
-        partition_id=2,
-        num_partitions=5,
-        run_config=run_config,
-        parameters=parameters,
-        fit_config=FIT_CONFIG,
-    )
+    # The default model first, so the worker has one cached.
+    _fit_on_worker(worker, _initial_weights(), partition_id=2)
+    weights, _, _ = _fit_on_worker(worker, parameters, partition_id=2, run_config=run_config)
     expected, _, _ = _in_process(run_config, parameters, partition_id=2)
     assert [w.shape for w in weights] == [w.shape for w in parameters]
     assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))
@@ -188,14 +165,7 @@ def test_no_worker_means_unavailable(tmp_path):
     listener.close()  # the socket file stays, nobody listens: a killed worker
     for path in (tmp_path / "missing.sock", stale):
         with pytest.raises(WorkerUnavailable, match=str(path)):
-            fit_on_worker(
-                str(path),
-                partition_id=0,
-                num_partitions=5,
-                run_config=RUN_CONFIG,
-                parameters=[],
-                fit_config=FIT_CONFIG,
-            )
+            _fit_on_worker(str(path), [], partition_id=0)
 
 
 def test_client_falls_back_to_in_process_training_with_a_warning(tmp_path, caplog):

@@ -228,7 +228,6 @@ def _port_in_use(port: int) -> bool:
 class Submission:
     run_id: int
     status: str
-    seconds: float
     log: Path
 
 
@@ -291,11 +290,9 @@ class ComposeStack:
         env["FLWR_HOME"] = str(self.directory / "deploy" / "host-flwr-home")
         env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         log = self.directory / f"flwr-run-{time.time_ns()}.log"
-        started = time.perf_counter()
         command = [flower_command("flwr"), "run", str(app), CONNECTION_NAME, "--stream"]
         run_id = stream_flwr_run([*command, "--run-config", run_config], env, log, on_line)
-        seconds = time.perf_counter() - started
-        return Submission(run_id, run_status(env, CONNECTION_NAME, run_id), seconds, log)
+        return Submission(run_id, run_status(env, CONNECTION_NAME, run_id), log)
 
     def leftovers(self) -> list[str]:
         """Containers, networks and volumes of this project that still exist."""

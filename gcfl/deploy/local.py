@@ -11,13 +11,10 @@ process it started, also on failure or Ctrl-C.
 from __future__ import annotations
 
 import shutil
-import ssl
 import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,6 +22,7 @@ from typing import Any
 
 from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.netns import NamespaceNetwork
+from gcfl.deploy.register import RegistrationError, wait_for_health
 from gcfl.deploy.topology import (
     CONNECTION_NAME,
     SUPERNODE_ENVIRONMENT,
@@ -116,22 +114,16 @@ class Deployment:
 
 
 def _wait_for_superlink(address: str, ca_certificate: Path | None, deployment: Deployment) -> None:
-    scheme = "http" if ca_certificate is None else "https"
-    context = (
-        None if ca_certificate is None else ssl.create_default_context(cafile=str(ca_certificate))
-    )
-    deadline = time.monotonic() + STARTUP_TIMEOUT_S
-    while time.monotonic() < deadline:
-        deployment.check_alive()
-        try:
-            with urllib.request.urlopen(
-                f"{scheme}://{address}/health", timeout=1, context=context
-            ) as reply:
-                if reply.status == 200:
-                    return
-        except (urllib.error.URLError, OSError):
-            time.sleep(0.2)
-    raise DeploymentError(f"the SuperLink did not answer at {address} within {STARTUP_TIMEOUT_S}s")
+    try:
+        wait_for_health(
+            address,
+            None if ca_certificate is None else str(ca_certificate),
+            STARTUP_TIMEOUT_S,
+            poll_s=0.2,
+            while_waiting=deployment.check_alive,
+        )
+    except RegistrationError as error:
+        raise DeploymentError(str(error)) from None
 
 
 def deploy(
