@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-from collections.abc import Callable
+import os
+from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -108,18 +109,31 @@ def cached_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> k
     return build_model(spec, input_shape, num_classes, seed=0)
 
 
+# Set in the environment of every process that may train or evaluate: oneDNN is
+# chosen when TensorFlow is imported, and Flower's simulation imports TensorFlow
+# in its Ray actors before any gcfl code runs there.
+REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+
+
+def set_reproducible_environment(env: MutableMapping[str, str] | None = None) -> None:
+    """Put ``REPRODUCIBLE_ENVIRONMENT`` into ``env`` (this process's by default); set values win."""
+    target = os.environ if env is None else env
+    for key, value in REPRODUCIBLE_ENVIRONMENT.items():
+        target.setdefault(key, value)
+
+
 def make_training_reproducible() -> None:
     """Same weights, data and seed give the same update, bit for bit, in this process.
 
-    Deterministic ops, one thread per op and no oneDNN (whose results vary
-    with thread scheduling): a resumed run then repeats an uninterrupted one.
-    One thread also fits Flower's one-CPU-per-client simulation, where more
-    threads per actor only oversubscribe the cores. Call before TensorFlow
-    runs its first op; later calls are no-ops.
+    Deterministic ops, one thread per op and no oneDNN (whose kernels round
+    differently): a resumed run then repeats an uninterrupted one. One thread
+    also fits Flower's one-CPU-per-client simulation, where more threads per
+    actor only oversubscribe the cores. oneDNN can only be turned off before
+    TensorFlow is imported: when it was imported earlier with oneDNN on, this
+    logs a warning naming ``TF_ENABLE_ONEDNN_OPTS`` (once per process).
+    Later calls are no-ops.
     """
-    import os
-
-    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "0")
+    set_reproducible_environment()
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -128,6 +142,29 @@ def make_training_reproducible() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # TensorFlow already initialised in this process (a reused actor)
+    if onednn_enabled():
+        _warn_onednn_on()
+
+
+def onednn_enabled() -> bool:
+    """Whether TensorFlow runs oneDNN kernels in this process (False if it cannot tell)."""
+    try:
+        from tensorflow.python.util import _pywrap_util_port
+    except ImportError:  # a TensorFlow build without this private probe
+        return False
+    return bool(_pywrap_util_port.IsMklEnabled())
+
+
+@functools.cache
+def _warn_onednn_on() -> None:
+    import logging
+
+    logging.getLogger(__name__).warning(
+        "TensorFlow was imported with oneDNN on before gcfl could turn it off: results "
+        "can differ in the last digits between processes, so a resumed run may not repeat "
+        "an uninterrupted one. Set TF_ENABLE_ONEDNN_OPTS=0 in the environment of the "
+        "processes that run the clients and the server (gcfl run and gcfl deploy do)."
+    )
 
 
 def optimizer_state(model: keras.Model) -> list[keras.Variable]:

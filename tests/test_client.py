@@ -1,6 +1,10 @@
 """The Keras client: trains with what it is sent and says what it trained with."""
 
 import math
+import os
+import subprocess
+import sys
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -22,6 +26,7 @@ from gcfl.model import (
     make_training_reproducible,
     reset_optimizer,
 )
+from gcfl.simulation.superlink import tool_environment
 
 
 def test_seed_cnn_has_550570_parameters_on_cifar_shapes():
@@ -240,3 +245,31 @@ def test_search_init_keeps_the_best_of_three_lrs_and_two_batch_sizes():
 def test_properties_need_no_tensorflow():
     client, _ = digits_client(partition_id=7)
     assert client.get_properties({}) == {"partition-id": 7, "num-partitions": 10}
+
+
+def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, timeout=300
+    )
+
+
+def test_tensorflow_imported_with_onednn_on_is_reported_by_name():
+    # Flower's simulation imports TensorFlow in its actors before gcfl runs there.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    code = (
+        "import tensorflow\n"
+        "from gcfl.model import make_training_reproducible, onednn_enabled\n"
+        "make_training_reproducible()\n"
+        "print('onednn', onednn_enabled())\n"
+    )
+    late = run_python(code, env)
+    assert late.returncode == 0, late.stderr
+    if "onednn False" in late.stdout:
+        pytest.skip("this TensorFlow build does not use oneDNN here")
+    assert "TF_ENABLE_ONEDNN_OPTS=0" in late.stderr
+    assert "resumed run may not repeat" in late.stderr
+
+    in_time = run_python(code, {**env, **tool_environment(Path("/tmp"), Path("/tmp"))})
+    assert in_time.returncode == 0, in_time.stderr
+    assert "onednn False" in in_time.stdout
+    assert "TF_ENABLE_ONEDNN_OPTS" not in in_time.stderr

@@ -13,6 +13,7 @@ from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
 
 from gcfl.config import GcflConfig, parse_run_config
+from gcfl.model import set_reproducible_environment
 from gcfl.server.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -98,5 +99,9 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """What ``ServerApp(server_fn=server_fn)`` runs, on a Grid that looks for replies promptly."""
+    # Under simulation, Ray starts the client actors from this process; they
+    # import TensorFlow before any gcfl code, so only their environment can
+    # turn oneDNN off. Launchers set it earlier; this covers a plain `flwr run`.
+    set_reproducible_environment()
     components = server_fn(context)
     start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)

@@ -22,6 +22,8 @@ from pathlib import Path
 
 import psutil
 
+from gcfl.model import set_reproducible_environment
+
 CONNECTION_NAME = "gcfl-local"
 STARTUP_TIMEOUT_S = 60.0
 
@@ -46,6 +48,7 @@ def tool_environment(flwr_home: Path, ray_tmpdir: Path) -> dict[str, str]:
     env["RAY_TMPDIR"] = str(ray_tmpdir)
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    set_reproducible_environment(env)
     # Ray otherwise warns on every start that this default will change.
     env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     return env
