@@ -13,14 +13,17 @@ from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, g
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
 from gcfl.strategy.genetic import (
+    Cohort,
     Hyperparameters,
     Member,
     Mutation,
+    evolve,
     evolve_group,
     explore,
     migrate,
     migration_count,
     mutate_lr,
+    random_hyperparameters,
     rank_by_fitness,
 )
 from gcfl.strategy.population import (
@@ -28,7 +31,6 @@ from gcfl.strategy.population import (
     GeneticPopulation,
     GeneticSettings,
     Report,
-    random_hyperparameters,
     reclusters_in,
     states_from_dict,
     states_to_dict,
@@ -178,6 +180,39 @@ class TestGenetic:
         assert result[1].lr == 1e-4
         # The diverged client breeds from the healthy member only.
         assert any(math.isclose(result[0].lr, 1e-4 * f) for f in (0.9, 1.0, 1.1))
+
+    @pytest.mark.parametrize("seed", range(5))
+    def test_every_group_of_a_round_follows_the_rules_at_once(self, seed):
+        generator = rng(seed)
+        count = 400
+        ids = generator.permutation(np.arange(1000, 1000 + count))
+        labels = generator.integers(-1, 40, size=count)
+        labels[labels >= 35] = 35  # one larger group, and
+        healthy = generator.random(count) > 0.2
+        healthy[labels == 7] = False  # a group without a fit member
+        score = generator.normal(size=count)
+        score[generator.random(count) < 0.05] = np.nan  # unscored: not fit either
+        cohort = Cohort(ids, 1e-4 * (1 + ids / 1e4), ids * 2, score, healthy)
+        fit = cohort.fit
+        lr, batch = evolve(cohort, labels, 2, Mutation("linear", 0.0), generator)
+        # Scale 0: an offspring's lr and batch size are exactly its two parents'.
+        by_lr = {float(v): i for i, v in enumerate(cohort.lr)}
+        by_batch = {int(v): i for i, v in enumerate(cohort.batch_size)}
+        for label in np.unique(labels):
+            rows = np.flatnonzero(labels == label)
+            fit_rows = rows[fit[rows]]
+            best = sorted(fit_rows, key=lambda r: (score[r], ids[r]))[:2]
+            parents = set(fit_rows) or set(np.flatnonzero(fit))
+            for row in rows:
+                if row in best:
+                    assert (lr[row], batch[row]) == (cohort.lr[row], cohort.batch_size[row])
+                else:
+                    assert by_lr[float(lr[row])] in parents
+                    assert by_batch[int(batch[row])] in parents
+        assert not fit[labels == 7].any()
+        # Children draw their two parents independently: mixed pairs are common.
+        mixed = sum(by_lr[float(a)] != by_batch[int(b)] for a, b in zip(lr, batch, strict=True))
+        assert mixed > count / 3
 
 
 # The notebook's rules: raw losses, x0.9/1/1.1 mutation, fixed eps, no migration.

@@ -51,10 +51,18 @@ def to_unit(lr: float, batch_size: float, space: SearchSpace) -> tuple[float, fl
 
 def from_unit(lr_unit: float, batch_unit: float, space: SearchSpace) -> tuple[float, int]:
     """The inverse of :func:`to_unit`: lr log-uniform, batch size rounded in log2 space."""
-    log_lr = np.log10(space.lr_min) + lr_unit * (np.log10(space.lr_max) - np.log10(space.lr_min))
-    log_batch = np.log2(space.batch_min) + batch_unit * (
+    lr, batch = from_units(np.array([lr_unit]), np.array([batch_unit]), space)
+    return float(lr[0]), int(batch[0])
+
+
+def from_units(
+    lr_units: np.ndarray, batch_units: np.ndarray, space: SearchSpace
+) -> tuple[np.ndarray, np.ndarray]:
+    """:func:`from_unit` for arrays of points; batch sizes round half to even, like ``round``."""
+    log_lr = np.log10(space.lr_min) + lr_units * (np.log10(space.lr_max) - np.log10(space.lr_min))
+    log_batch = np.log2(space.batch_min) + batch_units * (
         np.log2(space.batch_max) - np.log2(space.batch_min)
     )
-    batch = round(2.0**log_batch)
-    lr = min(max(float(10.0**log_lr), space.lr_min), space.lr_max)
-    return lr, min(max(batch, space.batch_min), space.batch_max)
+    lr = np.clip(10.0**log_lr, space.lr_min, space.lr_max)
+    batch = np.clip(np.rint(2.0**log_batch), space.batch_min, space.batch_max)
+    return lr, batch.astype(np.int64)

@@ -1,7 +1,12 @@
 """The genetic step: rank, keep the elite, breed the rest, and migrate between groups.
 
 Small pure functions in the manner of Ray Tune's PBT exploit/explore: every
-random draw comes from the ``numpy.random.Generator`` passed in.
+random draw comes from the ``numpy.random.Generator`` passed in. The step
+works on a round's clients as arrays (:class:`Cohort`), every group at once,
+so that a round of 100,000 clients costs a few array operations rather than
+a Python call per client; :func:`evolve_group`, :func:`migrate`,
+:func:`offspring` and :func:`explore` are the same rules for a few
+:class:`Member` objects, for reading and testing.
 """
 
 from __future__ import annotations
@@ -12,7 +17,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from gcfl.strategy.features import SearchSpace, from_unit, to_unit
+from gcfl.strategy.features import SearchSpace, from_units, hyperparameter_features
 
 MUTATION_RULES = ("log", "linear")
 
@@ -66,11 +71,72 @@ class Mutation:
             raise ValueError("log-space mutation needs the search space")
 
 
+@dataclass(frozen=True)
+class Cohort:
+    """A round's clients as parallel arrays, one row per client.
+
+    ``score`` is NaN for a client without one. A row is *fit* (may keep its
+    pair and breed) when it is healthy and its score finite.
+    """
+
+    client_id: np.ndarray
+    lr: np.ndarray
+    batch_size: np.ndarray
+    score: np.ndarray
+    healthy: np.ndarray
+
+    @classmethod
+    def of(cls, members: Sequence[Member]) -> Cohort:
+        return cls(
+            client_id=np.array([m.client_id for m in members], dtype=np.int64),
+            lr=np.array([m.lr for m in members], dtype=np.float64),
+            batch_size=np.array([m.batch_size for m in members], dtype=np.int64),
+            score=np.array(
+                [math.nan if m.score is None else m.score for m in members], dtype=np.float64
+            ),
+            healthy=np.array([m.healthy for m in members], dtype=bool),
+        )
+
+    def __len__(self) -> int:
+        return len(self.client_id)
+
+    @property
+    def fit(self) -> np.ndarray:
+        return self.healthy & np.isfinite(self.score)
+
+    def pairs(self, rows: np.ndarray) -> dict[int, Hyperparameters]:
+        """The pairs of ``rows`` keyed by client id."""
+        return dict(
+            zip(
+                self.client_id[rows].tolist(),
+                map(Hyperparameters, self.lr[rows].tolist(), self.batch_size[rows].tolist()),
+                strict=True,
+            )
+        )
+
+
+def random_pairs(
+    space: SearchSpace, count: int, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """The seed's random init for ``count`` clients.
+
+    lr log-uniform; batch size 2^uniform in log2 space, rounded half to even.
+    """
+    lr = 10.0 ** rng.uniform(np.log10(space.lr_min), np.log10(space.lr_max), size=count)
+    log_batch = rng.uniform(np.log2(space.batch_min), np.log2(space.batch_max), size=count)
+    return lr, np.rint(2.0**log_batch).astype(np.int64)
+
+
 def random_hyperparameters(space: SearchSpace, rng: np.random.Generator) -> Hyperparameters:
-    """The seed's random init: lr log-uniform, batch size 2^uniform in log2 space, rounded."""
-    lr = 10.0 ** rng.uniform(np.log10(space.lr_min), np.log10(space.lr_max))
-    batch = round(2.0 ** rng.uniform(np.log2(space.batch_min), np.log2(space.batch_max)))
-    return Hyperparameters(float(lr), batch)
+    """One pair of :func:`random_pairs`."""
+    lr, batch = random_pairs(space, 1, rng)
+    return Hyperparameters(float(lr[0]), int(batch[0]))
+
+
+def fitness_order(cohort: Cohort) -> np.ndarray:
+    """Rows from best to worst: fit rows by ascending score, then the rest; ties by id."""
+    fit = cohort.fit
+    return np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit))
 
 
 def fitness_key(member: Member) -> tuple[int, float, int]:
@@ -88,46 +154,155 @@ def is_healthy(member: Member) -> bool:
     return fitness_key(member)[0] == 0
 
 
+def mutate_lrs(lrs: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
+    """The notebook's mutation: each lr times a factor drawn from {1 - f, 1, 1 + f}."""
+    factors = np.array([1.0 - factor, 1.0, 1.0 + factor])
+    return lrs * factors[rng.integers(3, size=len(lrs))]
+
+
 def mutate_lr(lr: float, factor: float, rng: np.random.Generator) -> float:
-    """The notebook's mutation: ``lr`` times a factor drawn from {1 - f, 1, 1 + f}."""
-    return lr * (1.0 - factor, 1.0, 1.0 + factor)[int(rng.integers(3))]
+    """:func:`mutate_lrs` for one lr."""
+    return float(mutate_lrs(np.array([lr]), factor, rng)[0])
 
 
-def _reflect(value: float) -> float:
-    """Fold a step that left [0, 1] back inside, so edges are not sticky."""
-    value = abs(value) % 2.0
-    return 2.0 - value if value > 1.0 else value
+def _reflect(values: np.ndarray) -> np.ndarray:
+    """Fold steps that left [0, 1] back inside, so edges are not sticky."""
+    values = np.abs(values) % 2.0
+    return np.where(values > 1.0, 2.0 - values, values)
+
+
+def explore_pairs(
+    lr: np.ndarray, batch_size: np.ndarray, mutation: Mutation, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
+    """PBT's explore for arrays of inherited pairs: perturb each, or sometimes draw a fresh one.
+
+    Draws, in this order: the resample coin of every pair, every step, the
+    fresh pairs.
+    """
+    if mutation.rule == "linear":
+        lr = mutate_lrs(lr, mutation.scale, rng)
+        if mutation.bounded and mutation.space is not None:
+            lr = np.clip(lr, mutation.space.lr_min, mutation.space.lr_max)
+        return lr, batch_size
+    space = mutation.space
+    assert space is not None
+    fresh = (
+        rng.random(len(lr)) < mutation.resample
+        if mutation.resample > 0
+        else np.zeros(len(lr), dtype=bool)
+    )
+    if mutation.scale != 0:
+        units = hyperparameter_features(lr, batch_size, space)
+        steps = rng.normal(0.0, mutation.scale, size=units.shape)
+        lr, batch_size = from_units(*_reflect(units + steps).T, space)
+    if fresh.any():
+        lr, batch_size = lr.copy(), batch_size.copy()
+        lr[fresh], batch_size[fresh] = random_pairs(space, int(fresh.sum()), rng)
+    return lr, batch_size
 
 
 def explore(pair: Hyperparameters, mutation: Mutation, rng: np.random.Generator) -> Hyperparameters:
-    """PBT's explore: perturb an inherited pair (or, sometimes, draw a fresh one)."""
-    if mutation.rule == "linear":
-        lr = mutate_lr(pair.lr, mutation.scale, rng)
-        if mutation.bounded and mutation.space is not None:
-            lr = min(max(lr, mutation.space.lr_min), mutation.space.lr_max)
-        return Hyperparameters(lr, pair.batch_size)
-    space = mutation.space
-    assert space is not None
-    if mutation.resample > 0 and rng.random() < mutation.resample:
-        return random_hyperparameters(space, rng)
-    if mutation.scale == 0:
-        return pair
-    lr_unit, batch_unit = to_unit(pair.lr, pair.batch_size, space)
-    step = rng.normal(0.0, mutation.scale, size=2)
-    lr, batch = from_unit(_reflect(lr_unit + step[0]), _reflect(batch_unit + step[1]), space)
-    return Hyperparameters(lr, batch)
+    """:func:`explore_pairs` for one pair."""
+    lr, batch = explore_pairs(np.array([pair.lr]), np.array([pair.batch_size]), mutation, rng)
+    return Hyperparameters(float(lr[0]), int(batch[0]))
+
+
+def breed(
+    pool: Cohort,
+    starts: np.ndarray,
+    counts: np.ndarray,
+    mutation: Mutation,
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Crossover, then explore: one child per entry of ``starts``/``counts``.
+
+    Child i takes the lr of one uniformly drawn row of ``pool[starts[i] :
+    starts[i] + counts[i]]`` and the batch size of another, drawn
+    independently (so they may be the same row).
+    """
+    if len(starts) == 0:
+        return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
+    lr_rows = starts + rng.integers(0, counts)
+    batch_rows = starts + rng.integers(0, counts)
+    return explore_pairs(pool.lr[lr_rows], pool.batch_size[batch_rows], mutation, rng)
 
 
 def offspring(
     parents: Sequence[Member], mutation: Mutation, rng: np.random.Generator
 ) -> Hyperparameters:
-    """Crossover, then explore: the lr of one uniformly drawn parent, the batch size of another.
+    """One child of ``parents`` (see :func:`breed`)."""
+    lr, batch = breed(Cohort.of(parents), np.array([0]), np.array([len(parents)]), mutation, rng)
+    return Hyperparameters(float(lr[0]), int(batch[0]))
 
-    The two parents are drawn independently, so they may be the same member.
+
+def _by_id(cohort: Cohort, rows: np.ndarray) -> np.ndarray:
+    return rows[np.argsort(cohort.client_id[rows], kind="stable")]
+
+
+def _take(cohort: Cohort, rows: np.ndarray) -> Cohort:
+    return Cohort(
+        cohort.client_id[rows],
+        cohort.lr[rows],
+        cohort.batch_size[rows],
+        cohort.score[rows],
+        cohort.healthy[rows],
+    )
+
+
+def _joined(first: Cohort, second: Cohort) -> Cohort:
+    return Cohort(
+        *(
+            np.concatenate([getattr(first, name), getattr(second, name)])
+            for name in ("client_id", "lr", "batch_size", "score", "healthy")
+        )
+    )
+
+
+def evolve(
+    cohort: Cohort,
+    labels: np.ndarray,
+    elite: int,
+    mutation: Mutation,
+    rng: np.random.Generator,
+    fallback: Cohort | None = None,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Next lr and batch size of every row, each group (rows of one label) evolved on its own.
+
+    In each group the ``elite`` best keep their pair; every other member gets
+    an offspring, to its own row. Parents are the group's fit members; a group
+    without one breeds from ``fallback`` (default: the cohort's fit rows), or,
+    when that is empty too, from all its own members. So a member whose last
+    fit diverged or was refused never keeps its pair, even in a group no
+    larger than the elite, and never breeds while a fit member exists:
+    otherwise a diverging client would keep or spread its exploding lr.
     """
-    lr_parent = parents[int(rng.integers(len(parents)))]
-    batch_parent = parents[int(rng.integers(len(parents)))]
-    return explore(Hyperparameters(lr_parent.lr, batch_parent.batch_size), mutation, rng)
+    count = len(cohort)
+    new_lr, new_batch = cohort.lr.copy(), cohort.batch_size.copy()
+    if count == 0:
+        return new_lr, new_batch
+    fit = cohort.fit
+    ranked = np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit, labels))
+    sorted_labels = labels[ranked]
+    first = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
+    group_of = np.cumsum(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) - 1
+    sizes = np.diff(np.r_[first, count])
+    rank = np.arange(count) - first[group_of]
+    children = ranked[~((rank < elite) & fit[ranked])]
+    child_group = group_of[np.argsort(ranked)][children]
+
+    # Each group's fit members by id, then its other members by id: the same group bounds.
+    by_group = np.lexsort((cohort.client_id, ~fit, labels))
+    fit_in_group = np.add.reduceat(fit[by_group].astype(np.int64), first)
+    if fallback is None:
+        fallback = _take(cohort, _by_id(cohort, np.flatnonzero(fit)))
+    else:
+        fallback = _take(fallback, np.argsort(fallback.client_id, kind="stable"))
+    pool = _joined(_take(cohort, by_group), fallback)
+    starts = np.where(fit_in_group > 0, first, count if len(fallback) else first)
+    counts = np.where(fit_in_group > 0, fit_in_group, len(fallback) or sizes)
+    lr, batch = breed(pool, starts[child_group], counts[child_group], mutation, rng)
+    new_lr[children], new_batch[children] = lr, batch
+    return new_lr, new_batch
 
 
 def evolve_group(
@@ -137,29 +312,19 @@ def evolve_group(
     rng: np.random.Generator,
     fallback_parents: Sequence[Member] = (),
 ) -> dict[int, Hyperparameters]:
-    """Next hyperparameters of every member of one group, keyed by client id.
+    """:func:`evolve` for one group, keyed by client id.
 
-    The ``elite`` best keep their own pair; every other member gets an
-    offspring. Offspring go to the members that did not make the elite, each to
-    its own id (never by position in the group).
-
-    A member whose last fit diverged or was refused never keeps its pair, even
-    in a group no larger than the elite, and never breeds while a healthy
-    member exists: otherwise a diverging client would keep or spread its
-    exploding lr. A group without a healthy member breeds from
-    ``fallback_parents`` (the round's healthy clients), or from itself when
-    there are none.
+    ``fallback_parents`` (all of them, fit or not) stand in for a group
+    without a fit member; without any, such a group breeds from itself.
     """
-    ranked = rank_by_fitness(members)
-    healthy = [m for m in members if is_healthy(m)]
-    parents = sorted(healthy or fallback_parents or members, key=lambda m: m.client_id)
-    result: dict[int, Hyperparameters] = {}
-    for rank, member in enumerate(ranked):
-        if rank < elite and is_healthy(member):
-            result[member.client_id] = Hyperparameters(member.lr, member.batch_size)
-        else:
-            result[member.client_id] = offspring(parents, mutation, rng)
-    return result
+    cohort = Cohort.of(members)
+    fallback = Cohort.of(fallback_parents) if fallback_parents else _take(cohort, np.arange(0))
+    lr, batch = evolve(
+        cohort, np.zeros(len(cohort), dtype=np.int64), elite, mutation, rng, fallback
+    )
+    return Cohort(cohort.client_id, lr, batch, cohort.score, cohort.healthy).pairs(
+        np.arange(len(cohort))
+    )
 
 
 def migration_count(population: int, fraction: float) -> int:
@@ -172,22 +337,41 @@ def migration_count(population: int, fraction: float) -> int:
     return min(max(1, round(fraction * population)), population // 2)
 
 
+def migration(
+    cohort: Cohort, fraction: float, mutation: Mutation, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Island-model migration, as PBT's exploit: the worst ``fraction`` breed from the best.
+
+    ``cohort`` is the whole round, across every group. The bottom
+    ``fraction`` (diverged and unscored clients first) each get an offspring
+    of the top ``fraction``'s fit members, whatever group either belongs to,
+    so a good pair found in one group reaches every other group in the next
+    round. Returns the migrants' rows (ascending id) and their new lrs and
+    batch sizes; empty when there is no fit donor.
+    """
+    count = migration_count(len(cohort), fraction)
+    ranked = fitness_order(cohort)
+    top = ranked[:count]
+    donors = _by_id(cohort, top[cohort.fit[top]])
+    if len(donors) == 0:
+        return np.empty(0, dtype=np.int64), *breed(cohort, np.empty(0), np.empty(0), mutation, rng)
+    migrants = _by_id(cohort, ranked[len(ranked) - count :])
+    starts = np.zeros(len(migrants), dtype=np.int64)
+    counts = np.full(len(migrants), len(donors))
+    lr, batch = breed(_take(cohort, donors), starts, counts, mutation, rng)
+    return migrants, lr, batch
+
+
 def migrate(
     members: Sequence[Member], fraction: float, mutation: Mutation, rng: np.random.Generator
 ) -> dict[int, Hyperparameters]:
-    """Island-model migration, as PBT's exploit: the worst ``fraction`` breed from the best.
-
-    ``members`` are the whole round's clients, across every group. The
-    bottom ``fraction`` (diverged and unscored clients first) each get an
-    offspring of the top ``fraction``'s healthy members, whatever group either
-    belongs to, so a good pair found in one group reaches every other group in
-    the next round. Returns the new pairs of the migrants only; empty when
-    there is no healthy donor.
-    """
-    count = migration_count(len(members), fraction)
-    ranked = rank_by_fitness(members)
-    donors = sorted((m for m in ranked[:count] if is_healthy(m)), key=lambda m: m.client_id)
-    if not donors:
-        return {}
-    migrants = sorted(ranked[len(ranked) - count :], key=lambda m: m.client_id)
-    return {m.client_id: offspring(donors, mutation, rng) for m in migrants}
+    """:func:`migration` for a list of members: the migrants' new pairs, keyed by client id."""
+    cohort = Cohort.of(members)
+    rows, lr, batch = migration(cohort, fraction, mutation, rng)
+    return dict(
+        zip(
+            cohort.client_id[rows].tolist(),
+            map(Hyperparameters, lr.tolist(), batch.tolist()),
+            strict=True,
+        )
+    )

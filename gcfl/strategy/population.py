@@ -16,17 +16,16 @@ import numpy as np
 
 if TYPE_CHECKING:
     from gcfl.config import GcflConfig
-from gcfl.strategy.clustering import NOISE, cluster_labels, groups
+from gcfl.strategy.clustering import NOISE, cluster_labels
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
 from gcfl.strategy.genetic import (
+    Cohort,
     Hyperparameters,
-    Member,
     Mutation,
-    evolve_group,
-    is_healthy,
-    migrate,
-    random_hyperparameters,
+    evolve,
+    migration,
+    random_pairs,
 )
 
 Status = Literal["ok", "diverged", "refused", "failed"]
@@ -184,11 +183,13 @@ class GeneticPopulation:
     def random_init(
         cls, client_ids: Iterable[int], settings: GeneticSettings, rng: np.random.Generator
     ) -> GeneticPopulation:
-        """Every client starts at a random pair drawn in ascending id order."""
-        states = {}
-        for cid in sorted(client_ids):
-            pair = random_hyperparameters(settings.space, rng)
-            states[cid] = ClientState(pair.lr, pair.batch_size)
+        """Every client starts at a random pair; pairs are drawn in ascending id order."""
+        ids = sorted(client_ids)
+        lrs, batch_sizes = random_pairs(settings.space, len(ids), rng)
+        states = {
+            cid: ClientState(lr, batch)
+            for cid, lr, batch in zip(ids, lrs.tolist(), batch_sizes.tolist(), strict=True)
+        }
         return cls(states, settings, rng)
 
     @classmethod
@@ -208,10 +209,9 @@ class GeneticPopulation:
         _record(self.states, reports)
         trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
         labels = self._labels(server_round, trained)
-        for cid, label in labels.items():
-            self.states[cid].cluster = label
-        for cid in trained:
-            state = self.states[cid]
+        states = [self.states[cid] for cid in trained]
+        for state, label in zip(states, labels.values(), strict=True):
+            state.cluster = label
             state.score = fitness_score(
                 self.settings.fitness,
                 state.loss_before,
@@ -219,27 +219,30 @@ class GeneticPopulation:
                 state.local_loss_before,
                 state.local_loss_after,
             )
-        members = {cid: self._member(cid) for cid in trained}
-        healthy = [m for m in members.values() if is_healthy(m)]
-        new_pairs: dict[int, Hyperparameters] = {}
-        for group in groups(list(labels), list(labels.values())).values():
-            new_pairs |= evolve_group(
-                [members[cid] for cid in group],
-                self.settings.elite,
-                self.settings.explore,
-                self.rng,
-                fallback_parents=healthy,
-            )
-        migrated = migrate(
-            [members[cid] for cid in trained],
-            self.settings.migration,
-            self.settings.explore,
+        cohort = Cohort(
+            client_id=np.array(trained, dtype=np.int64),
+            lr=np.array([s.lr for s in states], dtype=np.float64),
+            batch_size=np.array([s.batch_size for s in states], dtype=np.int64),
+            score=np.array(
+                [np.nan if s.score is None else s.score for s in states], dtype=np.float64
+            ),
+            healthy=np.array([s.status == "ok" for s in states], dtype=bool),
+        )
+        explore = self.settings.explore
+        lrs, batch_sizes = evolve(
+            cohort,
+            np.array(list(labels.values()), dtype=np.int64),
+            self.settings.elite,
+            explore,
             self.rng,
         )
-        new_pairs |= migrated
-        self.migrants = set(migrated)
-        for cid, pair in new_pairs.items():
-            self.states[cid].lr, self.states[cid].batch_size = pair.lr, pair.batch_size
+        migrants, migrant_lrs, migrant_batch_sizes = migration(
+            cohort, self.settings.migration, explore, self.rng
+        )
+        lrs[migrants], batch_sizes[migrants] = migrant_lrs, migrant_batch_sizes
+        self.migrants = set(cohort.client_id[migrants].tolist())
+        for state, lr, batch in zip(states, lrs.tolist(), batch_sizes.tolist(), strict=True):
+            state.lr, state.batch_size = lr, batch
         return labels
 
     def _labels(self, server_round: int, trained: list[int]) -> dict[int, int]:
@@ -256,16 +259,6 @@ class GeneticPopulation:
         )
         found = cluster_labels(features, self.settings.dbscan_eps, self.settings.dbscan_min_samples)
         return {cid: int(label) for cid, label in zip(trained, found, strict=True)}
-
-    def _member(self, client_id: int) -> Member:
-        state = self.states[client_id]
-        return Member(
-            client_id=client_id,
-            lr=float(state.lr),
-            batch_size=int(state.batch_size),
-            score=state.score,
-            healthy=state.status == "ok",
-        )
 
 
 def states_to_dict(states: Mapping[int, ClientState]) -> dict[str, dict[str, Any]]:
