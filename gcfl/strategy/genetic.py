@@ -283,14 +283,16 @@ def evolve(
     fit = cohort.fit
     ranked = np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit, labels))
     sorted_labels = labels[ranked]
-    first = np.flatnonzero(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]])
-    group_of = np.cumsum(np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]) - 1
+    opens_group = np.r_[True, sorted_labels[1:] != sorted_labels[:-1]]
+    first = np.flatnonzero(opens_group)  # each group's first position in ``ranked``
+    group_at = np.cumsum(opens_group) - 1  # the group of each position
     sizes = np.diff(np.r_[first, count])
-    rank = np.arange(count) - first[group_of]
+    rank = np.arange(count) - first[group_at]
     children = ranked[~((rank < elite) & fit[ranked])]
-    child_group = group_of[np.argsort(ranked)][children]
+    child_group = group_at[np.argsort(ranked)][children]
 
-    # Each group's fit members by id, then its other members by id: the same group bounds.
+    # The parent pool: each group's fit members by id, then its other members by id
+    # (so a group spans the same positions as in ``ranked``), then the fallback.
     by_group = np.lexsort((cohort.client_id, ~fit, labels))
     fit_in_group = np.add.reduceat(fit[by_group].astype(np.int64), first)
     if fallback is None:
@@ -368,10 +370,5 @@ def migrate(
     """:func:`migration` for a list of members: the migrants' new pairs, keyed by client id."""
     cohort = Cohort.of(members)
     rows, lr, batch = migration(cohort, fraction, mutation, rng)
-    return dict(
-        zip(
-            cohort.client_id[rows].tolist(),
-            map(Hyperparameters, lr.tolist(), batch.tolist()),
-            strict=True,
-        )
-    )
+    moved = Cohort(cohort.client_id[rows], lr, batch, cohort.score[rows], cohort.healthy[rows])
+    return moved.pairs(np.arange(len(rows)))
