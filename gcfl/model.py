@@ -10,6 +10,7 @@ from __future__ import annotations
 import functools
 import importlib
 import os
+import sys
 from collections.abc import Callable, MutableMapping
 from typing import TYPE_CHECKING
 
@@ -147,7 +148,13 @@ def make_training_reproducible() -> None:
 
 
 def onednn_enabled() -> bool:
-    """Whether TensorFlow runs oneDNN kernels in this process (False if it cannot tell)."""
+    """Whether TensorFlow runs oneDNN kernels in this process (False if it cannot tell).
+
+    False while TensorFlow is not imported: probing would import it, fixing
+    the choice before ``set_reproducible_environment`` could make it.
+    """
+    if "tensorflow" not in sys.modules:
+        return False
     try:
         from tensorflow.python.util import _pywrap_util_port
     except ImportError:  # a TensorFlow build without this private probe

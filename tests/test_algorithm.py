@@ -210,6 +210,17 @@ class TestGenetic:
                     assert by_lr[float(lr[row])] in parents
                     assert by_batch[int(batch[row])] in parents
         assert not fit[labels == 7].any()
+        # With every child moved (log mutation draws a real step), exactly the elite stay put.
+        space = SearchSpace(1e-5, 1e-1, 16, 128)
+        moved_lr, _ = evolve(cohort, labels, 2, Mutation("log", 0.1, 0.0, space), generator)
+        elite = {
+            int(row)
+            for label in np.unique(labels)
+            for row in sorted(
+                np.flatnonzero((labels == label) & fit), key=lambda r: (score[r], ids[r])
+            )[:2]
+        }
+        assert set(np.flatnonzero(moved_lr == cohort.lr).tolist()) == elite
         # Children draw their two parents independently: mixed pairs are common.
         mixed = sum(by_lr[float(a)] != by_batch[int(b)] for a, b in zip(lr, batch, strict=True))
         assert mixed > count / 3

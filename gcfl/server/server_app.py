@@ -101,7 +101,9 @@ def main(grid: Grid, context: Context) -> None:
     """What ``ServerApp(server_fn=server_fn)`` runs, on a Grid that looks for replies promptly."""
     # Under simulation, Ray starts the client actors from this process; they
     # import TensorFlow before any gcfl code, so only their environment can
-    # turn oneDNN off. Launchers set it earlier; this covers a plain `flwr run`.
+    # turn oneDNN off. gcfl's launchers set it before the SuperLink starts;
+    # here it is best effort (Ray may start its workers first), for a plain
+    # `flwr run` without it, where clients then warn.
     set_reproducible_environment()
     components = server_fn(context)
     start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)

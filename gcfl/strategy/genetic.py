@@ -280,6 +280,7 @@ def evolve(
     new_lr, new_batch = cohort.lr.copy(), cohort.batch_size.copy()
     if count == 0:
         return new_lr, new_batch
+    labels = np.asarray(labels)
     fit = cohort.fit
     ranked = np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit, labels))
     sorted_labels = labels[ranked]
