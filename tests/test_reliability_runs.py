@@ -33,8 +33,9 @@ def final_accuracy(out_dir):
 
 # The first five seeds whose draws give round 1 at least two clients with lr <=
 # 3e-3, at least three such clients sampled in rounds 1-3, and in rounds 2 and
-# 3 a client sampled for the first time with lr > 3e-3 (seed 14 has only two).
-DIVERGENCE_SEEDS = (6, 11, 16, 17, 20)
+# 3 a client sampled for the first time with lr > 3e-3 (with the array genetic
+# step's initial draws; they were 6, 11, 16, 17 and 20 before).
+DIVERGENCE_SEEDS = (7, 10, 21, 23, 28)
 SANE_LR = 3e-3  # on this setup no client blew up at or below it
 
 
@@ -117,7 +118,7 @@ def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
     table = list(zip(DIVERGENCE_SEEDS, wild_accuracy, alone_accuracy, strict=True))
     assert min(wild_accuracy) > 0.3, table  # chance is 0.1
     assert np.mean(wild_accuracy) > 0.6, table
-    # Measured: wild 0.716 against 0.677 on average; README has each seed's pair.
+    # Measured: wild 0.704 against 0.656 on average; README has each seed's pair.
     assert np.mean(wild_accuracy) >= np.mean(alone_accuracy) - 0.05, table
 
 
@@ -134,7 +135,7 @@ def test_wild_search_space_with_the_defaults_still_learns(tmp_path, no_leftover_
     accuracies = [r["accuracy"] for r in rounds]
     assert all(np.isfinite(r["loss"]) for r in rounds), accuracies
     # Chance is 0.1 (0.016 is one standard deviation of it on 360 test images); measured:
-    # 0.097, 0.100, 0.200. Three rounds of two epochs are short: most first-round lrs blow up.
+    # 0.164, 0.442, 0.611 (0.097, 0.106, 0.383 with other draws). Most first-round lrs blow up.
     assert accuracies[-1] >= 0.15 and accuracies[-1] > accuracies[0], accuracies
     marked = [c for r in rounds for c in r["clients"] if blown(c)]
     assert marked and all(c["lr"] > 1e-2 for c in marked)
