@@ -104,12 +104,12 @@ class Cohort:
     def fit(self) -> np.ndarray:
         return self.healthy & np.isfinite(self.score)
 
-    def pairs(self, rows: np.ndarray) -> dict[int, Hyperparameters]:
-        """The pairs of ``rows`` keyed by client id."""
+    def pairs(self) -> dict[int, Hyperparameters]:
+        """Every row's pair, keyed by client id."""
         return dict(
             zip(
-                self.client_id[rows].tolist(),
-                map(Hyperparameters, self.lr[rows].tolist(), self.batch_size[rows].tolist()),
+                self.client_id.tolist(),
+                map(Hyperparameters, self.lr.tolist(), self.batch_size.tolist()),
                 strict=True,
             )
         )
@@ -139,19 +139,9 @@ def fitness_order(cohort: Cohort) -> np.ndarray:
     return np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit))
 
 
-def fitness_key(member: Member) -> tuple[int, float, int]:
-    """Sort key: healthy finite scores first (ascending), then the rest; ties by id."""
-    finite = member.healthy and member.score is not None and math.isfinite(member.score)
-    return (0, float(member.score), member.client_id) if finite else (1, 0.0, member.client_id)
-
-
 def rank_by_fitness(members: Sequence[Member]) -> list[Member]:
-    """Members from best to worst; a diverged, failed or unscored member ranks last."""
-    return sorted(members, key=fitness_key)
-
-
-def is_healthy(member: Member) -> bool:
-    return fitness_key(member)[0] == 0
+    """:func:`fitness_order` for members: a diverged, failed or unscored member ranks last."""
+    return [members[row] for row in fitness_order(Cohort.of(members))]
 
 
 def mutate_lrs(lrs: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
@@ -325,9 +315,7 @@ def evolve_group(
     lr, batch = evolve(
         cohort, np.zeros(len(cohort), dtype=np.int64), elite, mutation, rng, fallback
     )
-    return Cohort(cohort.client_id, lr, batch, cohort.score, cohort.healthy).pairs(
-        np.arange(len(cohort))
-    )
+    return Cohort(cohort.client_id, lr, batch, cohort.score, cohort.healthy).pairs()
 
 
 def migration_count(population: int, fraction: float) -> int:
@@ -372,4 +360,4 @@ def migrate(
     cohort = Cohort.of(members)
     rows, lr, batch = migration(cohort, fraction, mutation, rng)
     moved = Cohort(cohort.client_id[rows], lr, batch, cohort.score[rows], cohort.healthy[rows])
-    return moved.pairs(np.arange(len(rows)))
+    return moved.pairs()
