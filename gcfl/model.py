@@ -110,10 +110,14 @@ def cached_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> k
     return build_model(spec, input_shape, num_classes, seed=0)
 
 
-# Set in the environment of every process that may train or evaluate: oneDNN is
-# chosen when TensorFlow is imported, and Flower's simulation imports TensorFlow
-# in its Ray actors before any gcfl code runs there.
-REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "0"}
+# Set in the environment of every process that may train or evaluate. oneDNN's
+# kernels round differently from TensorFlow's own, so every process of a run
+# must make the same choice, and it is made when TensorFlow is imported:
+# Flower's simulation imports TensorFlow in its Ray actors before any gcfl code
+# runs there. TensorFlow's own default depends on the CPU; "1" takes the faster
+# kernels wherever the build has them (1.46x per convolutional fit here,
+# BENCHMARKS section 1), and one thread per op keeps them deterministic.
+REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}
 
 
 def set_reproducible_environment(env: MutableMapping[str, str] | None = None) -> None:
@@ -126,15 +130,17 @@ def set_reproducible_environment(env: MutableMapping[str, str] | None = None) ->
 def make_training_reproducible() -> None:
     """Same weights, data and seed give the same update, bit for bit, in this process.
 
-    Deterministic ops, one thread per op and no oneDNN (whose kernels round
-    differently): a resumed run then repeats an uninterrupted one. One thread
-    also fits Flower's one-CPU-per-client simulation, where more threads per
-    actor only oversubscribe the cores. oneDNN can only be turned off before
-    TensorFlow is imported: when it was imported earlier with oneDNN on, this
-    logs a warning naming ``TF_ENABLE_ONEDNN_OPTS`` (once per process).
-    Later calls are no-ops.
+    Deterministic ops and one thread per op; oneDNN as ``REPRODUCIBLE_ENVIRONMENT``
+    says when TensorFlow is not imported yet (otherwise as the process's
+    environment chose at import). One thread also fits Flower's
+    one-CPU-per-client simulation, where more threads per actor only
+    oversubscribe the cores. Later calls are no-ops.
     """
-    set_reproducible_environment()
+    if "tensorflow" not in sys.modules:
+        # Once TensorFlow is imported, setting the variable here would only reach
+        # the processes this one starts later (Ray's actors, say), so that they
+        # could choose differently from those started before.
+        set_reproducible_environment()
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -143,8 +149,6 @@ def make_training_reproducible() -> None:
         tf.config.threading.set_inter_op_parallelism_threads(1)
     except RuntimeError:
         pass  # TensorFlow already initialised in this process (a reused actor)
-    if onednn_enabled():
-        _warn_onednn_on()
 
 
 def onednn_enabled() -> bool:
@@ -160,18 +164,6 @@ def onednn_enabled() -> bool:
     except ImportError:  # a TensorFlow build without this private probe
         return False
     return bool(_pywrap_util_port.IsMklEnabled())
-
-
-@functools.cache
-def _warn_onednn_on() -> None:
-    import logging
-
-    logging.getLogger(__name__).warning(
-        "TensorFlow was imported with oneDNN on before gcfl could turn it off: results "
-        "can differ in the last digits between processes, so a resumed run may not repeat "
-        "an uninterrupted one. Set TF_ENABLE_ONEDNN_OPTS=0 in the environment of the "
-        "processes that run the clients and the server (gcfl run and gcfl deploy do)."
-    )
 
 
 def optimizer_state(model: keras.Model) -> list[keras.Variable]:

@@ -25,7 +25,6 @@ from gcfl.model import (
     count_parameters,
     make_training_reproducible,
     reset_optimizer,
-    set_reproducible_environment,
 )
 from gcfl.simulation.superlink import tool_environment
 
@@ -254,27 +253,40 @@ def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:
     )
 
 
-def test_tensorflow_imported_with_onednn_on_is_reported_by_name():
-    # Flower's simulation imports TensorFlow in its actors before gcfl runs there.
-    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
-    code = (
-        "import tensorflow\n"
-        "from gcfl.model import make_training_reproducible, onednn_enabled\n"
-        "make_training_reproducible()\n"
-        "print('onednn', onednn_enabled())\n"
-    )
-    late = run_python(code, env)
-    assert late.returncode == 0, late.stderr
-    if "onednn False" in late.stdout:
-        pytest.skip("this TensorFlow build does not use oneDNN here")
-    assert "Set TF_ENABLE_ONEDNN_OPTS=0 in the environment" in late.stderr
-    assert "resumed run may not repeat" in late.stderr
+ONEDNN_PROBE = (
+    "import os\n"
+    "from gcfl.model import make_training_reproducible, onednn_enabled\n"
+    "make_training_reproducible()\n"
+    "print(onednn_enabled(), os.environ.get('TF_ENABLE_ONEDNN_OPTS'))\n"
+)
 
-    launched = tool_environment(Path("/tmp"), Path("/tmp"))  # what gcfl run gives Flower
-    assert launched["TF_ENABLE_ONEDNN_OPTS"] == "0" or "TF_ENABLE_ONEDNN_OPTS" in os.environ
-    in_time_env = dict(env)
-    set_reproducible_environment(in_time_env)
-    in_time = run_python(code, in_time_env)
-    assert in_time.returncode == 0, in_time.stderr
-    assert "onednn False" in in_time.stdout
-    assert "TF_ENABLE_ONEDNN_OPTS" not in in_time.stderr
+
+@pytest.mark.parametrize("user_choice", [None, "0"])
+def test_every_process_of_a_launched_run_makes_the_same_onednn_choice(monkeypatch, user_choice):
+    # Flower's actors import TensorFlow before any gcfl code; gcfl's worker and
+    # in-process engine import gcfl first. oneDNN's kernels round differently,
+    # so the launcher's environment must decide for both, and a user's explicit
+    # choice wins.
+    monkeypatch.delenv("TF_ENABLE_ONEDNN_OPTS", raising=False)
+    if user_choice is not None:
+        monkeypatch.setenv("TF_ENABLE_ONEDNN_OPTS", user_choice)
+    launched = tool_environment(Path("/tmp"), Path("/tmp"))
+    assert launched["TF_ENABLE_ONEDNN_OPTS"] == (user_choice or "1")
+
+    tensorflow_first = run_python("import tensorflow\n" + ONEDNN_PROBE, launched)
+    gcfl_first = run_python(ONEDNN_PROBE, launched)
+    assert tensorflow_first.returncode == 0, tensorflow_first.stderr
+    assert gcfl_first.returncode == 0, gcfl_first.stderr
+    assert tensorflow_first.stdout == gcfl_first.stdout
+    if user_choice == "0":
+        assert tensorflow_first.stdout.split() == ["False", "0"]
+
+
+def test_training_setup_after_tensorflow_leaves_the_environment_alone():
+    # In Flower's simulation process TensorFlow is imported before the ServerApp
+    # runs; setting the variable there would reach only the Ray actors started
+    # afterwards, so that a resumed run's actors could choose unlike a fresh run's.
+    env = {k: v for k, v in os.environ.items() if k != "TF_ENABLE_ONEDNN_OPTS"}
+    late = run_python("import tensorflow\n" + ONEDNN_PROBE, env)
+    assert late.returncode == 0, late.stderr
+    assert late.stdout.split()[1] == "None"

@@ -13,7 +13,6 @@ from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
 
 from gcfl.config import GcflConfig, parse_run_config
-from gcfl.model import set_reproducible_environment
 from gcfl.server.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -99,11 +98,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """What ``ServerApp(server_fn=server_fn)`` runs, on a Grid that looks for replies promptly."""
-    # Under simulation, Ray starts the client actors from this process; they
-    # import TensorFlow before any gcfl code, so only their environment can
-    # turn oneDNN off. gcfl's launchers set it before the SuperLink starts;
-    # here it is best effort (Ray may start its workers first), for a plain
-    # `flwr run` without it, where clients then warn.
-    set_reproducible_environment()
+    # oneDNN's setting is left to the environment the SuperLink started with:
+    # Ray may start the client actors from this process before or after any
+    # change made here, so a change would make runs and resumes differ.
     components = server_fn(context)
     start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)
