@@ -15,13 +15,11 @@ import signal
 import socket
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import psutil
 
+from gcfl.deploy.register import RegistrationError, wait_for_health
 from gcfl.model import set_reproducible_environment
 
 CONNECTION_NAME = "gcfl-local"
@@ -120,27 +118,26 @@ class LocalSuperLink:
                 stdin=subprocess.DEVNULL,
                 start_new_session=True,
             )
-        deadline = time.monotonic() + STARTUP_TIMEOUT_S
-        while time.monotonic() < deadline:
-            if self.process.poll() is not None:
+        process = self.process
+
+        def still_running() -> None:
+            if process.poll() is not None:
                 raise SuperLinkError(
-                    f"flower-superlink exited with code {self.process.returncode}; "
+                    f"flower-superlink exited with code {process.returncode}; "
                     f"see {self.log_file} and {self.log_file.with_suffix('.stdout')}"
                 )
-            if self._healthy():
-                return self
-            time.sleep(0.2)
-        self.stop()
-        raise SuperLinkError(
-            f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f}s; see {self.log_file}"
-        )
 
-    def _healthy(self) -> bool:
         try:
-            with urllib.request.urlopen(f"http://{self.address}/health", timeout=1) as reply:
-                return reply.status == 200
-        except (urllib.error.URLError, OSError):
-            return False
+            wait_for_health(
+                self.address, None, STARTUP_TIMEOUT_S, poll_s=0.2, while_waiting=still_running
+            )
+        except RegistrationError:
+            self.stop()
+            raise SuperLinkError(
+                f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f}s; "
+                f"see {self.log_file}"
+            ) from None
+        return self
 
     def stop(self, grace_s: float = 10.0) -> None:
         """Stop the SuperLink and every process below it, also ones that left its group."""

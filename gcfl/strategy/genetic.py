@@ -120,11 +120,12 @@ def random_pairs(
 ) -> tuple[np.ndarray, np.ndarray]:
     """The seed's random init for ``count`` clients.
 
-    lr log-uniform; batch size 2^uniform in log2 space, rounded half to even.
+    lr log-uniform; batch size 2^uniform in log2 space, rounded half to even:
+    uniform points of the unit square mapped by :func:`from_units` (every lr
+    draw first, then every batch draw).
     """
-    lr = 10.0 ** rng.uniform(np.log10(space.lr_min), np.log10(space.lr_max), size=count)
-    log_batch = rng.uniform(np.log2(space.batch_min), np.log2(space.batch_max), size=count)
-    return lr, np.rint(2.0**log_batch).astype(np.int64)
+    lr_units = rng.random(count)
+    return from_units(lr_units, rng.random(count), space)
 
 
 def random_hyperparameters(space: SearchSpace, rng: np.random.Generator) -> Hyperparameters:
