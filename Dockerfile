@@ -23,9 +23,5 @@ WORKDIR /app
 COPY pyproject.toml README.md ./
 COPY gcfl ./gcfl
 RUN pip install . && mkdir -p /results /state
-# As gcfl's launchers set it (gcfl.model.REPRODUCIBLE_ENVIRONMENT): every
-# process of a run makes the same oneDNN choice whatever the host's CPU. Set
-# after the install so that changing it does not reinstall the dependencies.
-ENV TF_ENABLE_ONEDNN_OPTS=1
 
 # No default command: docker-compose.yml gives each service its own.

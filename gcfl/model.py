@@ -9,9 +9,8 @@ from __future__ import annotations
 
 import functools
 import importlib
-import os
 import sys
-from collections.abc import Callable, MutableMapping
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import numpy as np
@@ -110,37 +109,20 @@ def cached_model(spec: str, input_shape: tuple[int, ...], num_classes: int) -> k
     return build_model(spec, input_shape, num_classes, seed=0)
 
 
-# Set in the environment of every process that may train or evaluate. oneDNN's
-# kernels round differently from TensorFlow's own, so every process of a run
-# must make the same choice, and it is made when TensorFlow is imported:
-# Flower's simulation imports TensorFlow in its Ray actors before any gcfl code
-# runs there. TensorFlow's own default depends on the CPU; "1" takes the faster
-# kernels wherever the build has them (1.46x per convolutional fit here,
-# BENCHMARKS section 1), and one thread per op keeps them deterministic.
-REPRODUCIBLE_ENVIRONMENT = {"TF_ENABLE_ONEDNN_OPTS": "1"}
-
-
-def set_reproducible_environment(env: MutableMapping[str, str] | None = None) -> None:
-    """Put ``REPRODUCIBLE_ENVIRONMENT`` into ``env`` (this process's by default); set values win."""
-    target = os.environ if env is None else env
-    for key, value in REPRODUCIBLE_ENVIRONMENT.items():
-        target.setdefault(key, value)
-
-
 def make_training_reproducible() -> None:
     """Same weights, data and seed give the same update, bit for bit, in this process.
 
-    Deterministic ops and one thread per op; oneDNN as ``REPRODUCIBLE_ENVIRONMENT``
-    says when TensorFlow is not imported yet (otherwise as the process's
-    environment chose at import). One thread also fits Flower's
+    Deterministic ops and one thread per op. One thread also fits Flower's
     one-CPU-per-client simulation, where more threads per actor only
     oversubscribe the cores. Later calls are no-ops.
+
+    oneDNN (faster CPU kernels that round differently) is left as TensorFlow
+    chooses it when imported: by the CPU, or by ``TF_ENABLE_ONEDNN_OPTS`` in
+    the environment. Flower's simulation imports TensorFlow in its Ray actors
+    before any gcfl code runs there, so gcfl cannot choose for them; choosing
+    only elsewhere (or only in processes started after some point) would make
+    a run's processes, or a run and its resume, compute different bits.
     """
-    if "tensorflow" not in sys.modules:
-        # Once TensorFlow is imported, setting the variable here would only reach
-        # the processes this one starts later (Ray's actors, say), so that they
-        # could choose differently from those started before.
-        set_reproducible_environment()
     import tensorflow as tf
 
     tf.config.experimental.enable_op_determinism()
@@ -154,8 +136,8 @@ def make_training_reproducible() -> None:
 def onednn_enabled() -> bool:
     """Whether TensorFlow runs oneDNN kernels in this process (False if it cannot tell).
 
-    False while TensorFlow is not imported: probing would import it, fixing
-    the choice before ``set_reproducible_environment`` could make it.
+    False while TensorFlow is not imported: probing would import it, and so
+    make the choice before the caller could set ``TF_ENABLE_ONEDNN_OPTS``.
     """
     if "tensorflow" not in sys.modules:
         return False

@@ -19,7 +19,6 @@ from collections.abc import Sequence
 
 from gcfl.client.worker import wait_for_worker
 from gcfl.deploy.topology import SUPERNODE_ENVIRONMENT
-from gcfl.model import set_reproducible_environment
 from gcfl.simulation.superlink import stop_process_tree
 
 WORKER_START_TIMEOUT_S = 120.0
@@ -34,11 +33,8 @@ def run_node(worker_socket: str, supernode_command: Sequence[str]) -> int:
     if not supernode_command:
         raise ValueError("gcfl node: give the flower-supernode command line after '--'")
     signal.signal(signal.SIGTERM, _raise_interrupt)
-    env = {**SUPERNODE_ENVIRONMENT, **os.environ}  # set values win
-    set_reproducible_environment(env)  # the worker and in-process ClientApps must agree
     worker = subprocess.Popen(
         [sys.executable, "-m", "gcfl.client.worker", "--socket", worker_socket],
-        env=env,
         start_new_session=True,
     )
     supernode = None
@@ -50,6 +46,7 @@ def run_node(worker_socket: str, supernode_command: Sequence[str]) -> int:
                 file=sys.stderr,
                 flush=True,
             )
+        env = {**SUPERNODE_ENVIRONMENT, **os.environ}  # set values win
         supernode = subprocess.Popen(list(supernode_command), env=env, start_new_session=True)
         return supernode.wait()
     except KeyboardInterrupt:

@@ -98,8 +98,8 @@ app = ServerApp()
 @app.main()
 def main(grid: Grid, context: Context) -> None:
     """What ``ServerApp(server_fn=server_fn)`` runs, on a Grid that looks for replies promptly."""
-    # oneDNN's setting is left to the environment the SuperLink started with:
-    # Ray may start the client actors from this process before or after any
-    # change made here, so a change would make runs and resumes differ.
+    # Nothing here may set TF_ENABLE_ONEDNN_OPTS: under simulation Ray starts the
+    # client actors from this process, before or after such a change, so a
+    # fresh run and its resume would get different kernels.
     components = server_fn(context)
     start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)

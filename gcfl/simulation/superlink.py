@@ -20,7 +20,6 @@ from pathlib import Path
 import psutil
 
 from gcfl.deploy.register import RegistrationError, wait_for_health
-from gcfl.model import set_reproducible_environment
 
 CONNECTION_NAME = "gcfl-local"
 STARTUP_TIMEOUT_S = 60.0
@@ -46,7 +45,6 @@ def tool_environment(flwr_home: Path, ray_tmpdir: Path) -> dict[str, str]:
     env["RAY_TMPDIR"] = str(ray_tmpdir)
     env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    set_reproducible_environment(env)
     # Ray otherwise warns on every start that this default will change.
     env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
     return env
@@ -131,12 +129,9 @@ class LocalSuperLink:
             wait_for_health(
                 self.address, None, STARTUP_TIMEOUT_S, poll_s=0.2, while_waiting=still_running
             )
-        except RegistrationError:
+        except RegistrationError as error:
             self.stop()
-            raise SuperLinkError(
-                f"flower-superlink did not answer within {STARTUP_TIMEOUT_S:.0f}s; "
-                f"see {self.log_file}"
-            ) from None
+            raise SuperLinkError(f"flower-superlink: {error}; see {self.log_file}") from None
         return self
 
     def stop(self, grace_s: float = 10.0) -> None:
