@@ -119,7 +119,7 @@ def test_diverging_clients_are_contained(tmp_path, no_leftover_processes):
     print("seed, wild, non-diverging alone:", table)  # README's table: pytest -rP
     assert min(wild_accuracy) > 0.3, table  # chance is 0.1
     assert np.mean(wild_accuracy) > 0.6, table
-    # Measured: wild 0.704 against 0.656 on average; README has each seed's pair.
+    # Measured: wild 0.696 against 0.664 on average; README has each seed's pair.
     assert np.mean(wild_accuracy) >= np.mean(alone_accuracy) - 0.05, table
 
 
@@ -137,7 +137,7 @@ def test_wild_search_space_with_the_defaults_still_learns(tmp_path, no_leftover_
     print("accuracy per round:", accuracies)  # README quotes them: pytest -rP
     assert all(np.isfinite(r["loss"]) for r in rounds), accuracies
     # Chance is 0.1 (0.016 is one standard deviation of it on 360 test images); measured:
-    # 0.164, 0.442, 0.611 (0.097, 0.106, 0.383 with other draws). Most first-round lrs blow up.
+    # 0.164, 0.442, 0.606 (0.097, 0.106, 0.383 with other draws). Most first-round lrs blow up.
     assert accuracies[-1] >= 0.15 and accuracies[-1] > accuracies[0], accuracies
     marked = [c for r in rounds for c in r["clients"] if blown(c)]
     assert marked and all(c["lr"] > 1e-2 for c in marked)
