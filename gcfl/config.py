@@ -341,6 +341,14 @@ class GcflConfig:
             "probe-timeout", "seconds to wait for every SuperNode before round 1", _positive
         ),
     )
+    round_timeout: float = field(
+        default=1800.0,
+        metadata=_key(
+            "round-timeout",
+            "seconds a round waits for its clients' replies; later ones count as timed-out",
+            _positive,
+        ),
+    )
 
     def __post_init__(self) -> None:
         if not self.lr_min < self.lr_max:

@@ -26,7 +26,7 @@ from gcfl.server.results import MODEL_FILE, RunRecorder, package_versions, resol
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
 
 # Keys a resumed run may change; any other difference means a different experiment.
-RESUMABLE_CHANGES = frozenset({"num-server-rounds", "resume", "probe-timeout"})
+RESUMABLE_CHANGES = frozenset({"num-server-rounds", "resume", "probe-timeout", "round-timeout"})
 
 
 def check_resumable(config: GcflConfig, saved: dict[str, Any]) -> None:
