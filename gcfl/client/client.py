@@ -2,14 +2,13 @@
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from flwr.client import NumPyClient
 from flwr.common import Config, NDArrays, Scalar
 
 from gcfl.config import GcflConfig
-from gcfl.data import client_data, load_dataset
+from gcfl.data import ClientData, client_data, load_dataset
+from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, NodeInfo
 
 FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
 
@@ -18,17 +17,14 @@ class InjectedFault(RuntimeError):
     """A failure injected on purpose by ``fault-rate``, to test that runs survive failures."""
 
 
-# Keys of the per-client fit config the strategy sends.
-FIT_ROUND, FIT_LR, FIT_BATCH_SIZE, FIT_SEARCH = "server-round", "lr", "batch-size", "search"
-
-
 class GcflClient(NumPyClient):
     """A Keras client holding one partition of the training set, keyed by its partition id.
 
-    ``get_properties`` answers without TensorFlow, so the server can learn
-    every node's partition id cheaply before round 1. ``fit`` trains the
-    process's cached model; the returned metrics say what it really trained
-    with: the lr read back from the optimizer and the batch size of the fit.
+    It speaks gcfl's protocol (:mod:`gcfl.protocol`): ``get_properties``
+    describes the node (partition and size) without TensorFlow, so the server
+    can learn every node cheaply before round 1; ``fit`` trains the process's
+    cached model as instructed and reports what it trained with; ``evaluate``
+    scores the global model on the client's own validation split.
     """
 
     def __init__(self, partition_id: int, num_partitions: int, config: GcflConfig) -> None:
@@ -36,26 +32,9 @@ class GcflClient(NumPyClient):
         self.num_partitions = num_partitions
         self.config = config
 
-    def get_properties(self, config: Config) -> dict[str, Scalar]:
-        return {"partition-id": self.partition_id, "num-partitions": self.num_partitions}
-
-    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
-        from gcfl.model import cached_model, make_training_reproducible
-
-        make_training_reproducible()
-        from gcfl.client.training import check_weight_shapes, fit_once, search_init
-
+    def _data(self) -> ClientData:
         cfg = self.config
-        server_round = int(config[FIT_ROUND])
-        if cfg.fault_rate > 0:
-            draw = np.random.default_rng([cfg.seed, FAULT_STREAM, server_round, self.partition_id])
-            if draw.random() < cfg.fault_rate:
-                raise InjectedFault(
-                    f"fault-rate={cfg.fault_rate}: injected failure of client "
-                    f"{self.partition_id} in round {server_round}"
-                )
-        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
-        data = client_data(
+        return client_data(
             cfg.dataset,
             cfg.data_dir,
             cfg.seed,
@@ -65,18 +44,44 @@ class GcflClient(NumPyClient):
             self.num_partitions,
             cfg.val_fraction,
         )
+
+    def get_properties(self, config: Config) -> dict[str, Scalar]:
+        info = NodeInfo(self.partition_id, self.num_partitions, len(self._data().x_train))
+        return info.to_properties()
+
+    def fit(self, parameters: NDArrays, config: Config) -> tuple[NDArrays, int, dict[str, Scalar]]:
+        from gcfl.model import cached_model, make_training_reproducible
+
+        make_training_reproducible()
+        from gcfl.client.training import check_weight_shapes, fit_once, search_init
+
+        cfg = self.config
+        instruction = FitInstruction.from_config(config)
+        if cfg.fault_rate > 0:
+            draw = np.random.default_rng(
+                [cfg.seed, FAULT_STREAM, instruction.server_round, self.partition_id]
+            )
+            if draw.random() < cfg.fault_rate:
+                raise InjectedFault(
+                    f"fault-rate={cfg.fault_rate}: injected failure of client "
+                    f"{self.partition_id} in round {instruction.server_round}"
+                )
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+        data = self._data()
         model = cached_model(cfg.model, dataset.input_shape, dataset.num_classes)
         check_weight_shapes(model, parameters)
         fit_seed = int(
-            np.random.SeedSequence([cfg.seed, server_round, self.partition_id]).generate_state(1)[0]
+            np.random.SeedSequence(
+                [cfg.seed, instruction.server_round, self.partition_id]
+            ).generate_state(1)[0]
         )
-        if bool(config.get(FIT_SEARCH, False)):
+        if instruction.search:
             outcome = search_init(
                 model,
                 parameters,
                 data,
-                cfg.lr_grid_values,
-                cfg.batch_grid_values,
+                instruction.lr_grid,
+                instruction.batch_grid,
                 cfg.diverge_factor,
                 np.random.default_rng([cfg.seed, self.partition_id]),
                 fit_seed,
@@ -86,30 +91,43 @@ class GcflClient(NumPyClient):
                 model,
                 parameters,
                 data,
-                float(config[FIT_LR]),
-                int(config[FIT_BATCH_SIZE]),
+                instruction.lr,  # type: ignore[arg-type]
+                instruction.batch_size,  # type: ignore[arg-type]
                 cfg.local_epochs,
                 cfg.diverge_factor,
                 fit_seed,
             )
-        metrics: dict[str, Scalar] = {
-            "client-id": self.partition_id,
-            "lr": outcome.lr,
-            "batch-size": outcome.batch_size,
-            "status": outcome.status,
-            "train-loss": _scalar(outcome.train_loss),
-            "first-loss": _scalar(outcome.first_loss),
-            "val-loss-before": _scalar(outcome.val_loss_before),
-            "val-loss": _scalar(outcome.val_loss),
-            "val-accuracy": _scalar(outcome.val_accuracy),
-            "local-loss-before": _scalar(outcome.local_loss_before),
-            "local-loss-after": _scalar(outcome.local_loss_after),
-        }
+        report = FitReport(
+            client_id=self.partition_id,
+            lr=outcome.lr,
+            batch_size=outcome.batch_size,
+            status=outcome.status,  # type: ignore[arg-type]
+            train_loss=outcome.train_loss,
+            first_loss=outcome.first_loss,
+            val_loss_before=outcome.val_loss_before,
+            val_loss=outcome.val_loss,
+            val_accuracy=outcome.val_accuracy,
+            local_loss_before=outcome.local_loss_before,
+            local_loss_after=outcome.local_loss_after,
+        )
         if outcome.weights is None:
-            return [], 0, metrics
-        return outcome.weights, len(data.x_train), metrics
+            return [], 0, report.to_metrics()
+        return outcome.weights, len(data.x_train), report.to_metrics()
 
+    def evaluate(
+        self, parameters: NDArrays, config: Config
+    ) -> tuple[float, int, dict[str, Scalar]]:
+        """The global model's loss and accuracy on this client's validation split."""
+        from gcfl.model import cached_model, make_training_reproducible
 
-def _scalar(value: float) -> float:
-    """Metrics travel as protobuf floats; inf and nan pass, but say so explicitly."""
-    return float(value) if math.isfinite(value) else float("nan")
+        make_training_reproducible()
+        from gcfl.client.training import check_weight_shapes, evaluate_weights
+
+        cfg = self.config
+        dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
+        data = self._data()
+        model = cached_model(cfg.model, dataset.input_shape, dataset.num_classes)
+        check_weight_shapes(model, parameters)
+        loss, accuracy = evaluate_weights(model, parameters, data.x_val, data.y_val)
+        report = EvaluateReport(self.partition_id, loss, accuracy)
+        return float(loss), len(data.x_val), report.to_metrics()

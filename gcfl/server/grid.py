@@ -10,6 +10,7 @@ like the simulation does; everything else goes to the wrapped Grid.
 
 from __future__ import annotations
 
+import threading
 import time
 from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
@@ -21,6 +22,23 @@ if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
 PULL_INTERVAL_S = 0.1
+MAX_GROUPS_KEPT = 16  # rounds' start times remembered: a round's messages all go out together
+
+
+class NoReplyError(Exception):
+    """A node's message got no usable reply: ``outcome`` is "timed-out" or "failed"."""
+
+    def __init__(self, node_id: int, outcome: str, reason: str) -> None:
+        super().__init__(f"node {node_id}: {outcome}: {reason}")
+        self.node_id, self.outcome, self.reason = node_id, outcome, reason
+
+
+def _raise_unless_answered(message: Message, replies: list[Message], waited: float) -> None:
+    node_id = message.metadata.dst_node_id
+    if not replies:
+        raise NoReplyError(node_id, "timed-out", f"no reply within {waited:.4g} s")
+    if replies[0].has_error():
+        raise NoReplyError(node_id, "failed", str(replies[0].error.reason))
 
 
 class PromptGrid(Grid):
@@ -29,6 +47,8 @@ class PromptGrid(Grid):
     def __init__(self, grid: Grid, pull_interval_s: float = PULL_INTERVAL_S) -> None:
         self.grid = grid
         self.pull_interval_s = pull_interval_s
+        self._group_started: dict[tuple[str, str], float] = {}
+        self._lock = threading.Lock()
 
     def set_run(self, run: Run) -> None:
         self.grid.set_run(run)
@@ -62,18 +82,42 @@ class PromptGrid(Grid):
     def send_and_receive(
         self, messages: Iterable[Message], *, timeout: float | None = None
     ) -> Iterable[Message]:
-        """Push ``messages``, then pull until every reply is in or ``timeout`` passes."""
+        """Push ``messages``, then pull until every reply is in or the deadline passes.
+
+        The deadline is ``timeout`` if given, else each message's TTL counted
+        from the first push of its round and kind: Flower's legacy server sets
+        the TTL to ``round_timeout`` and pushes a round's messages a few at a
+        time (its thread pool), so counting from each push would let a round
+        run several round timeouts. For one message (what Flower's client
+        proxies send), a missing or error reply raises :class:`NoReplyError`
+        naming the node, so the strategy can record who failed and why.
+        """
+        messages = list(messages)
+        now = time.monotonic()
+        deadline = now + timeout if timeout is not None else self._deadline(messages, now)
         waiting = set(self.push_messages(messages))
-        deadline = None if timeout is None else time.monotonic() + timeout
         replies: list[Message] = []
         while waiting:
             received = list(self.pull_messages(waiting))
             replies += received
             waiting -= {reply.metadata.reply_to_message_id for reply in received}
-            if not waiting or (deadline is not None and time.monotonic() >= deadline):
+            if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(self.pull_interval_s)
+        if len(messages) == 1:
+            _raise_unless_answered(messages[0], replies, deadline - now)
         return replies
+
+    def _deadline(self, messages: list[Message], now: float) -> float:
+        deadlines = []
+        with self._lock:  # Flower's server calls from a pool of threads
+            for message in messages:
+                group = (message.metadata.group_id, message.metadata.message_type)
+                started = self._group_started.setdefault(group, now) if group[0] else now
+                deadlines.append(started + message.metadata.ttl)
+            while len(self._group_started) > MAX_GROUPS_KEPT:
+                self._group_started.pop(next(iter(self._group_started)))
+        return min(deadlines, default=now)
 
     def __getattr__(self, name: str) -> Any:
         # Anything else a Grid implementation offers (Flower's own helpers use some).

@@ -17,9 +17,12 @@ float32 sums differ, and the difference grows round by round.
 from __future__ import annotations
 
 import json
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from flwr.client import Client
 from flwr.common import (
     Context,
     DisconnectRes,
@@ -41,6 +44,7 @@ from flwr.server.client_proxy import ClientProxy
 from gcfl.client.client_app import client_fn
 from gcfl.config import default_run_config, parse_run_config
 from gcfl.model import make_training_reproducible
+from gcfl.server.grid import NoReplyError
 from gcfl.server.results import RESULTS_FILE
 from gcfl.server.server_app import server_fn
 
@@ -50,7 +54,25 @@ class InProcessNode(ClientProxy):
 
     def __init__(self, node_id: int, context: Context) -> None:
         super().__init__(str(node_id))
+        self.node_id = node_id
         self.context = context
+
+    def _ask(self, question: Callable[[Client], Any], timeout: float | None) -> Any:
+        """One message's reply, or :class:`NoReplyError` as gcfl's Grid would raise it.
+
+        Fits here run one after another, so the deadline bounds each reply's own
+        time (a reply slower than ``timeout`` counts as timed-out) rather than
+        the round's, which the clients before it would use up.
+        """
+        started = time.monotonic()
+        try:
+            reply = question(client_fn(self.context))
+        except Exception as error:
+            raise NoReplyError(self.node_id, "failed", f"{type(error).__name__}: {error}") from None
+        elapsed = time.monotonic() - started
+        if timeout is not None and elapsed > timeout:
+            raise NoReplyError(self.node_id, "timed-out", f"replied after {elapsed:.4g} s")
+        return reply
 
     def get_properties(
         self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
@@ -63,12 +85,12 @@ class InProcessNode(ClientProxy):
         return client_fn(self.context).get_parameters(ins)
 
     def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
-        return client_fn(self.context).fit(ins)
+        return self._ask(lambda client: client.fit(ins), timeout)
 
     def evaluate(
         self, ins: EvaluateIns, timeout: float | None, group_id: int | None
     ) -> EvaluateRes:
-        return client_fn(self.context).evaluate(ins)
+        return self._ask(lambda client: client.evaluate(ins), timeout)
 
     def reconnect(
         self, ins: ReconnectIns, timeout: float | None, group_id: int | None
@@ -102,5 +124,5 @@ def run_in_process(run_config: dict[str, Any], num_clients: int, run_id: int = 1
     server = Server(client_manager=manager, strategy=components.strategy)
     # One Keras model per process, shared by every client: fits must not overlap.
     server.set_max_workers(1)
-    server.fit(components.config.num_rounds, timeout=None)
+    server.fit(components.config.num_rounds, timeout=components.config.round_timeout)
     return json.loads((Path(config.out_dir) / RESULTS_FILE).read_text())

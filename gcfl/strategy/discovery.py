@@ -1,0 +1,74 @@
+"""Before round 1: ask every SuperNode which partition it holds and how many examples."""
+
+from __future__ import annotations
+
+import time
+from concurrent.futures import ThreadPoolExecutor
+from logging import WARNING
+
+from flwr.common import GetPropertiesIns
+from flwr.common.logger import log
+from flwr.server.client_manager import ClientManager
+from flwr.server.client_proxy import ClientProxy
+
+from gcfl.protocol import NodeInfo, ProtocolError
+
+
+class StrategySetupError(RuntimeError):
+    """The federation cannot run this configuration (too few SuperNodes, duplicate ids...)."""
+
+
+def discover_partitions(
+    client_manager: ClientManager, timeout: float
+) -> dict[int, tuple[ClientProxy, NodeInfo]]:
+    """Ask every node for its :class:`NodeInfo` until all ``num-partitions`` have answered.
+
+    Raises :class:`StrategySetupError` on duplicate ids, disagreeing counts, or
+    when not every partition has answered within ``timeout`` seconds. A node
+    whose answer breaks the protocol is asked again on the next poll and, if it
+    never answers properly, named in the timeout's error.
+    """
+    deadline = time.monotonic() + timeout
+    probed: set[str] = set()
+    nodes: dict[int, tuple[ClientProxy, NodeInfo]] = {}
+    expected: int | None = None
+    with ThreadPoolExecutor(max_workers=16) as pool:
+        while True:
+            fresh = [p for p in client_manager.all().values() if p.cid not in probed]
+            answers = pool.map(_probe, fresh, [max(1.0, deadline - time.monotonic())] * len(fresh))
+            for proxy, info in zip(fresh, answers, strict=True):
+                if info is None:
+                    continue  # asked again on the next poll
+                probed.add(proxy.cid)
+                if info.partition_id in nodes:
+                    raise StrategySetupError(
+                        f"two SuperNodes report partition-id {info.partition_id}; give each "
+                        "node a distinct partition-id in its --node-config"
+                    )
+                if expected is not None and info.num_partitions != expected:
+                    raise StrategySetupError(
+                        f"SuperNodes disagree on num-partitions ({expected} vs "
+                        f"{info.num_partitions})"
+                    )
+                expected = info.num_partitions
+                nodes[info.partition_id] = (proxy, info)
+            if expected is not None and len(nodes) >= expected:
+                return dict(sorted(nodes.items()))
+            if time.monotonic() > deadline:
+                raise StrategySetupError(
+                    f"only {len(nodes)} of {expected if expected else '?'} SuperNodes "
+                    f"answered within probe-timeout={timeout:g}s; start them all or raise "
+                    "probe-timeout"
+                )
+            time.sleep(0.5)
+
+
+def _probe(proxy: ClientProxy, timeout: float) -> NodeInfo | None:
+    try:
+        res = proxy.get_properties(GetPropertiesIns(config={}), timeout=timeout, group_id=0)
+        return NodeInfo.from_properties(res.properties)
+    except ProtocolError as error:
+        log(WARNING, "gcfl: node %s described itself wrongly: %s", proxy.cid, error)
+    except Exception as error:  # a node that cannot answer is retried on the next poll
+        log(WARNING, "gcfl: node %s did not report its partition id: %s", proxy.cid, error)
+    return None
