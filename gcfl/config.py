@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import threading
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -430,6 +431,40 @@ def parse_run_config(run_config: Mapping[str, Any]) -> GcflConfig:
     if values.get("rules") == "notebook":
         values.update({fields[key].name: value for key, value in NOTEBOOK_RULES.items()})
     return GcflConfig(**values)
+
+
+# The last few parsed run configs, oldest first. A process sees one run config (a
+# SuperNode's ClientApp, a worker) or a handful (the compare runner), so a small
+# bound keeps every hit without letting a long-lived process grow it. The lock:
+# Flower may call a ClientApp from several threads.
+CONFIG_CACHE_SIZE = 8
+_PARSED: dict[tuple[tuple[str, type, Any], ...], GcflConfig] = {}
+_PARSED_LOCK = threading.Lock()
+
+
+def config_of(run_config: Mapping[str, Any]) -> GcflConfig:
+    """:func:`parse_run_config`, memoised per process on the mapping's items.
+
+    Hot paths (one call per Flower message or per fit) get the same frozen
+    :class:`GcflConfig` back without re-checking every key. A bad config is
+    not cached: it raises :class:`ConfigError` on every call.
+    """
+    # The value's type is part of the key: True == 1 == 1.0, yet only some of
+    # them are valid for a given key.
+    key = tuple(sorted((name, type(value), value) for name, value in run_config.items()))
+    try:
+        hash(key)
+    except TypeError:
+        # An unhashable value is never a valid one: let the parser name the key.
+        return parse_run_config(run_config)
+    with _PARSED_LOCK:
+        config = _PARSED.pop(key, None)
+        if config is None:
+            config = parse_run_config(run_config)
+            while len(_PARSED) >= CONFIG_CACHE_SIZE:
+                del _PARSED[next(iter(_PARSED))]
+        _PARSED[key] = config
+    return config
 
 
 def parse_assignment(text: str) -> tuple[str, Any]:

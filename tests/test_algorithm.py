@@ -1,13 +1,16 @@
 """The pure algorithm: features, DBSCAN groups, the genetic step, sampling, aggregation."""
 
+import dataclasses
 import json
 import math
 import subprocess
 import sys
+from typing import Any
 
 import numpy as np
 import pytest
 
+from gcfl.config import GcflConfig
 from gcfl.strategy.aggregation import update_problem, weighted_average
 from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
@@ -39,11 +42,22 @@ from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
 SPACE = SearchSpace(lr_min=1e-7, lr_max=1e-3, batch_min=16, batch_max=128)
-LINEAR = Mutation("linear", 0.1)
+LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True)
 
 
 def rng(seed=0):
     return np.random.default_rng(seed)
+
+
+def genetic_settings(space: SearchSpace = SPACE, **overrides: Any) -> GeneticSettings:
+    """The run config's default settings over ``space``, with ``overrides``."""
+    config = GcflConfig(
+        lr_min=space.lr_min,
+        lr_max=space.lr_max,
+        batch_min=space.batch_min,
+        batch_max=space.batch_max,
+    )
+    return dataclasses.replace(GeneticSettings.from_config(config), **overrides)
 
 
 def test_pure_modules_import_neither_flower_nor_tensorflow():
@@ -129,8 +143,9 @@ class TestGenetic:
         group = members(*[(i, 10.0 ** -(i + 2), 16 * (i + 1), float(i)) for i in range(5)])
         pairs = set()
         generator = rng(1)
+        still = Mutation("linear", 0.0, 0.0, None, True)
         for _ in range(200):
-            for pair in evolve_group(group, 0, Mutation("linear", 0.0), generator).values():
+            for pair in evolve_group(group, 0, still, generator).values():
                 lr_parent = round(-math.log10(pair.lr)) - 2
                 batch_parent = pair.batch_size // 16 - 1
                 pairs.add((lr_parent, batch_parent))
@@ -145,8 +160,8 @@ class TestGenetic:
     def test_linear_mutation_keeps_the_lr_in_the_space_unless_unbounded(self):
         space = SearchSpace(1e-5, 1e-1, 16, 128)
         edge = Hyperparameters(1e-1, 32)
-        bounded = Mutation("linear", 0.1, space=space)
-        drifting = Mutation("linear", 0.1, space=space, bounded=False)
+        bounded = Mutation("linear", 0.1, 0.0, space=space, bounded=True)
+        drifting = Mutation("linear", 0.1, 0.0, space=space, bounded=False)
         lrs = {round(explore(edge, bounded, rng(s)).lr, 12) for s in range(40)}
         assert lrs == {0.09, 0.1}
         assert max(explore(edge, drifting, rng(s)).lr for s in range(40)) > 0.1
@@ -194,7 +209,7 @@ class TestGenetic:
         score[generator.random(count) < 0.05] = np.nan  # unscored: not fit either
         cohort = Cohort(ids, 1e-4 * (1 + ids / 1e4), ids * 2, score, healthy)
         fit = cohort.fit
-        lr, batch = evolve(cohort, labels, 2, Mutation("linear", 0.0), generator)
+        lr, batch = evolve(cohort, labels, 2, Mutation("linear", 0.0, 0.0, None, True), generator)
         # Scale 0: an offspring's lr and batch size are exactly its two parents'.
         by_lr = {float(v): i for i, v in enumerate(cohort.lr)}
         by_batch = {int(v): i for i, v in enumerate(cohort.batch_size)}
@@ -212,7 +227,7 @@ class TestGenetic:
         assert not fit[labels == 7].any()
         # With every child moved (log mutation draws a real step), exactly the elite stay put.
         space = SearchSpace(1e-5, 1e-1, 16, 128)
-        moved_lr, _ = evolve(cohort, labels, 2, Mutation("log", 0.1, 0.0, space), generator)
+        moved_lr, _ = evolve(cohort, labels, 2, Mutation("log", 0.1, 0.0, space, True), generator)
         elite = {
             int(row)
             for label in np.unique(labels)
@@ -232,7 +247,7 @@ NOTEBOOK = {"fitness": "loss", "migration": 0.0, "mutation": LINEAR, "dbscan_eps
 
 def population(n=6, **settings):
     settings = {**NOTEBOOK, **settings}
-    return GeneticPopulation.random_init(range(n), GeneticSettings(space=SPACE, **settings), rng(3))
+    return GeneticPopulation.random_init(range(n), genetic_settings(SPACE, **settings), rng(3))
 
 
 def reports_for(pop, losses, status="ok"):
@@ -301,7 +316,11 @@ class TestPopulation:
         assert first == second
 
     def test_search_init_has_no_pair_until_the_client_reports(self):
-        pop = GeneticPopulation.search_init(range(3), GeneticSettings(space=SPACE), rng())
+        # The old defaults this test was written with: log mutation, migration 0.25.
+        settings = genetic_settings(
+            SPACE, mutation=Mutation("log", 0.1, 0.0, SPACE, True), migration=0.25
+        )
+        pop = GeneticPopulation.search_init(range(3), settings, rng())
         assert pop.assignment(0) is None
         pop.step(1, {0: Report(1e-3, 64, 0.5, "ok")})
         assert pop.assignment(0) is not None and pop.assignment(1) is None
@@ -351,7 +370,7 @@ class TestAggregation:
 
 
 WIDE = SearchSpace(lr_min=1e-5, lr_max=1e-1, batch_min=16, batch_max=128)
-LOG = Mutation("log", 0.1, 0.1, WIDE)
+LOG = Mutation("log", 0.1, 0.1, WIDE, True)
 
 
 class TestFitness:
@@ -389,7 +408,7 @@ class TestLogMutation:
 
     def test_step_is_scale_times_the_width_in_log_space(self):
         generator = rng(1)
-        no_resample = Mutation("log", 0.1, 0.0, WIDE)
+        no_resample = Mutation("log", 0.1, 0.0, WIDE, True)
         steps = [
             math.log10(explore(Hyperparameters(1e-3, 32), no_resample, generator).lr / 1e-3)
             for _ in range(4000)
@@ -403,7 +422,7 @@ class TestLogMutation:
         """Rounds until some client is within 0.25 decades of lr 3e-3, all starting at 1e-5."""
         pop = GeneticPopulation(
             {cid: ClientState(1e-5 * (1 + 0.01 * cid), 16) for cid in range(10)},
-            GeneticSettings(space=WIDE, **settings),
+            genetic_settings(WIDE, **settings),
             rng(seed),
         )
         for server_round in range(1, 200):
@@ -424,7 +443,10 @@ class TestLogMutation:
     def test_a_population_crosses_the_space_in_a_few_rounds(self):
         # Two and a half decades from the bottom of the space to the good lr: the
         # notebook's x0.9/1.1 needs over a hundred rounds, log mutation a handful.
-        gcfl = [self.rounds_to_reach_a_good_lr({"mutation": LOG}, seed) for seed in range(20)]
+        gcfl = [
+            self.rounds_to_reach_a_good_lr({"mutation": LOG, "migration": 0.25}, seed)
+            for seed in range(20)
+        ]
         notebook = [
             self.rounds_to_reach_a_good_lr({**NOTEBOOK, "mutation": LINEAR}, seed)
             for seed in range(5)
@@ -434,7 +456,7 @@ class TestLogMutation:
 
     def test_resample_draws_fresh_pairs_at_its_rate(self):
         generator = rng(2)
-        far = Mutation("log", 0.0, 0.25, WIDE)  # scale 0: only resampling moves a pair
+        far = Mutation("log", 0.0, 0.25, WIDE, True)  # scale 0: only resampling moves a pair
         moved = [explore(Hyperparameters(1e-5, 16), far, generator).lr != 1e-5 for _ in range(4000)]
         assert np.mean(moved) == pytest.approx(0.25, abs=0.03)
 
@@ -457,14 +479,14 @@ class TestMigration:
         best = members((0, 3e-3, 32, -0.6), (1, 3e-3, 32, -0.5))
         middle = members((2, 1e-4, 64, -0.2), (3, 1e-4, 64, -0.2))
         worst = members((4, 1e-5, 128, 0.0), (5, 1e-5, 128, 0.01))
-        moved = migrate(best + middle + worst, 1 / 3, Mutation("log", 0.0, 0.0, WIDE), rng())
+        moved = migrate(best + middle + worst, 1 / 3, Mutation("log", 0.0, 0.0, WIDE, True), rng())
         assert set(moved) == {4, 5}
         assert all(pair == Hyperparameters(3e-3, 32) for pair in moved.values())
 
     def test_diverged_clients_migrate_first_and_never_donate(self):
         group = members((0, 1e-3, 32, -0.5), (1, 1e-4, 32, -0.1), (2, 1e-4, 32, -0.2))
         group.append(Member(3, 5.0, 16, None, healthy=False))
-        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE), rng())
+        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE, True), rng())
         assert moved == {3: Hyperparameters(1e-3, 32)}
 
     def test_a_good_pair_reaches_a_far_cluster_within_a_round(self):
@@ -474,7 +496,7 @@ class TestMigration:
                 **{cid: ClientState(3e-3, 32) for cid in range(5)},
                 **{cid: ClientState(1e-5, 128) for cid in range(5, 10)},
             },
-            GeneticSettings(space=WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE)),
+            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.25),
             rng(4),
         )
         reports = {
@@ -489,7 +511,7 @@ class TestMigration:
         # Without migration the far island keeps breeding among its own members.
         isolated = GeneticPopulation(
             {cid: ClientState(s.lr, s.batch_size) for cid, s in pop.states.items()},
-            GeneticSettings(space=WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE), migration=0.0),
+            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.0),
             rng(4),
         )
         isolated.states.update(
@@ -542,7 +564,13 @@ class TestCollapseGuards:
     def test_population_ranks_by_improvement_not_raw_loss(self):
         pop = GeneticPopulation(
             {0: ClientState(1e-4, 32), 1: ClientState(3e-3, 32), 2: ClientState(1e-5, 32)},
-            GeneticSettings(space=WIDE, elite=1, migration=0.0, dbscan_eps=1.0),
+            genetic_settings(
+                WIDE,
+                mutation=Mutation("log", 0.1, 0.0, WIDE, True),  # the old default
+                elite=1,
+                migration=0.0,
+                dbscan_eps=1.0,
+            ),
             rng(),
         )
         reports = {

@@ -1,17 +1,26 @@
 """The run config: defaults agree with pyproject.toml, bad values name their key."""
 
+import dataclasses
 import tomllib
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gcfl import config as config_module
 from gcfl.config import (
+    CONFIG_CACHE_SIZE,
     ConfigError,
+    GcflConfig,
     config_keys,
+    config_of,
     default_run_config,
     parse_assignment,
     parse_run_config,
 )
+from gcfl.strategy.features import SearchSpace
+from gcfl.strategy.genetic import Mutation
+from gcfl.strategy.population import GeneticSettings
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
 
@@ -120,3 +129,65 @@ def test_command_line_assignments_get_the_key_type():
         parse_assignment("elite=many")
     with pytest.raises(ConfigError, match="valid keys"):
         parse_assignment("no-such-key=1")
+
+
+def test_config_of_returns_the_same_object_for_the_same_items():
+    run_config = {"elite": 3, "migration": 0.4}
+    first = config_of(run_config)
+    assert first == parse_run_config(run_config)
+    # A new mapping with the same items, in another order, is the same config.
+    assert config_of({"migration": 0.4, "elite": 3}) is first
+    assert config_of(dict(run_config)) is first
+
+
+def test_config_of_a_different_mapping_is_a_different_config():
+    first = config_of({"elite": 3})
+    other = config_of({"elite": 4})
+    assert other is not first and other.elite == 4
+    # An integral float parses to the same value, but is not the same mapping.
+    assert config_of({"num-server-rounds": 3.0}).num_server_rounds == 3
+
+
+@pytest.mark.parametrize(
+    "run_config",
+    [{"elite": -1}, {"learning-rate": 0.1}, {"rollback": 1}, {"elite": True}, {"elite": [3]}],
+)
+def test_config_of_raises_for_a_bad_config_on_every_call(run_config):
+    # True == 1 and they hash alike: cached valid twins must not answer for them.
+    config_of({"rollback": True})
+    config_of({"elite": 1})
+    cached = dict(config_module._PARSED)
+    for _ in range(2):
+        with pytest.raises(ConfigError):
+            config_of(run_config)
+    assert cached == config_module._PARSED
+
+
+def test_config_of_keeps_only_the_most_recent_configs():
+    configs = [config_of({"seed": seed}) for seed in range(3 * CONFIG_CACHE_SIZE)]
+    assert len(config_module._PARSED) <= CONFIG_CACHE_SIZE
+    # The most recent stay cached; the oldest were dropped and parse anew.
+    assert config_of({"seed": 3 * CONFIG_CACHE_SIZE - 1}) is configs[-1]
+    again = config_of({"seed": 0})
+    assert again == configs[0] and again is not configs[0]
+    assert len(config_module._PARSED) <= CONFIG_CACHE_SIZE
+
+
+def _run_config_defaults() -> dict[type, Any]:
+    """Each algorithm-settings dataclass as the run config's defaults build it."""
+    settings = GeneticSettings.from_config(GcflConfig())
+    return {GeneticSettings: settings, Mutation: settings.mutation, SearchSpace: settings.space}
+
+
+@pytest.mark.parametrize("settings_class", list(_run_config_defaults()))
+def test_algorithm_settings_defaults_are_the_run_configs(settings_class):
+    # GcflConfig is the one source of defaults: a settings class either has none
+    # or exactly the run config's, so code built without the config runs the same rules.
+    expected = _run_config_defaults()[settings_class]
+    for f in dataclasses.fields(settings_class):
+        if f.default is not dataclasses.MISSING:
+            assert f.default == getattr(expected, f.name), f"{settings_class.__name__}.{f.name}"
+        if f.default_factory is not dataclasses.MISSING:
+            assert f.default_factory() == getattr(expected, f.name), (
+                f"{settings_class.__name__}.{f.name}"
+            )

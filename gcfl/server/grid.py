@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
 PULL_INTERVAL_S = 0.1
+MAX_REASON = 300  # characters of a client's error kept in the round's record
 MAX_GROUPS_KEPT = 16  # rounds' start times remembered: a round's messages all go out together
 
 
@@ -38,7 +39,9 @@ def _raise_unless_answered(message: Message, replies: list[Message], waited: flo
     if not replies:
         raise NoReplyError(node_id, "timed-out", f"no reply within {waited:.4g} s")
     if replies[0].has_error():
-        raise NoReplyError(node_id, "failed", str(replies[0].error.reason))
+        # Flower's reason can hold a whole remote traceback; its last line names the error.
+        lines = [line for line in str(replies[0].error.reason).splitlines() if line.strip()]
+        raise NoReplyError(node_id, "failed", (lines[-1] if lines else "error")[:MAX_REASON])
 
 
 class PromptGrid(Grid):

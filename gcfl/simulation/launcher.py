@@ -60,7 +60,10 @@ def write_run_config_toml(path: Path, run_config: Mapping[str, bool | int | floa
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
 
 
-def app_directory(work_dir: Path) -> Path:
+CLIENT_APP = "gcfl.client.client_app:app"
+
+
+def app_directory(work_dir: Path, client_app: str = CLIENT_APP) -> Path:
     """The Flower App directory to submit: a minimal App written into ``work_dir``.
 
     Its ``pyproject.toml`` alone names gcfl's ServerApp and ClientApp and the
@@ -80,7 +83,7 @@ def app_directory(work_dir: Path) -> Path:
         '[tool.flwr.app]\npublisher = "gcfl"\n\n'
         "[tool.flwr.app.components]\n"
         'serverapp = "gcfl.server.server_app:app"\n'
-        'clientapp = "gcfl.client.client_app:app"\n\n'
+        f'clientapp = "{client_app}"\n\n'
         f"[tool.flwr.app.config]\n{defaults}\n",
         encoding="utf-8",
     )
@@ -109,6 +112,7 @@ def simulate(
     client_cpus: int = 1,
     work_dir: Path | None = None,
     on_line: Callable[[str], None] | None = None,
+    client_app: str = CLIENT_APP,
 ) -> SimulationResult:
     """Run one simulation of the gcfl App and return its results.
 
@@ -129,7 +133,7 @@ def simulate(
         started = time.perf_counter()
         with LocalSuperLink(work / "flwr-home", work / "ray", out_dir / "superlink.log") as link:
             command = flwr_run_command(
-                app_directory(work),
+                app_directory(work, client_app),
                 CONNECTION_NAME,
                 overrides,
                 "--federation-config",

@@ -58,11 +58,13 @@ class Mutation:
     notebook let it drift out (``bounded=False``).
     """
 
-    rule: str = "log"
-    scale: float = 0.1
-    resample: float = 0.0
-    space: SearchSpace | None = None
-    bounded: bool = True
+    # No defaults: the run config (gcfl.config.GcflConfig) is their one source;
+    # ``GeneticSettings.from_config(GcflConfig()).mutation`` gives them.
+    rule: str
+    scale: float
+    resample: float
+    space: SearchSpace | None
+    bounded: bool
 
     def __post_init__(self) -> None:
         if self.rule not in MUTATION_RULES:

@@ -28,7 +28,9 @@ from gcfl.strategy.genetic import (
     random_pairs,
 )
 
-Status = Literal["ok", "diverged", "refused", "failed"]
+Status = Literal["ok", "diverged", "refused", "failed", "timed-out"]
+# Clients whose pair the server knows after the round, and who therefore evolve;
+# a failed or timed-out client keeps its state and waits to be sampled again.
 TRAINED: frozenset[str] = frozenset({"ok", "diverged", "refused"})
 
 
@@ -37,14 +39,18 @@ class Report:
     """What one sampled client's fit produced in a round, as the server accepted it.
 
     ``status``: "ok" (update aggregated), "diverged" (the client said so),
-    "refused" (the server rejected the update) or "failed" (no reply).
+    "refused" (the server rejected the reply), "failed" (an error instead of
+    a reply) or "timed-out" (no reply by the round's deadline). ``lr`` and
+    ``batch_size`` are the pair the server assigned (or, for a search, the grid
+    point it accepted); None when the server knows none, never a client's
+    unchecked claim. Losses are None unless the reply was accepted.
     ``loss_before`` is the client's validation loss of the global model it
     received, ``loss`` that of its trained model; ``local_loss_before`` and
     ``local_loss_after`` the same on all its local examples.
     """
 
-    lr: float
-    batch_size: int
+    lr: float | None
+    batch_size: int | None
     loss: float | None
     status: Status
     loss_before: float | None = None
@@ -76,18 +82,21 @@ class GeneticSettings:
     breed from the round's best across clusters (0: clusters never exchange).
     """
 
+    # No defaults: the run config (gcfl.config.GcflConfig) is their one source, so
+    # tests and benchmarks take them via ``from_config(GcflConfig())``.
     space: SearchSpace
-    dbscan_eps: float = 0.0
-    dbscan_min_samples: int = 2
-    elite: int = 2
-    mutation: Mutation | None = None
-    recluster_every: int = 1
-    fitness: str = "improvement"
-    migration: float = 0.25
+    dbscan_eps: float
+    dbscan_min_samples: int
+    elite: int
+    mutation: Mutation
+    recluster_every: int
+    fitness: str
+    migration: float
 
     @property
     def explore(self) -> Mutation:
-        return self.mutation or Mutation(space=self.space)
+        # Kept as an alias: ``step`` and older callers read the mutation by this name.
+        return self.mutation
 
     @classmethod
     def from_config(cls, config: GcflConfig) -> GeneticSettings:
@@ -142,7 +151,8 @@ def _record(states: dict[int, ClientState], reports: Mapping[int, Report]) -> No
         state = states[client_id]
         state.status = report.status
         if report.status in TRAINED:
-            state.lr, state.batch_size = report.lr, report.batch_size
+            if report.lr is not None and report.batch_size is not None:
+                state.lr, state.batch_size = report.lr, report.batch_size
             state.loss = report.loss if report.status == "ok" else None
             state.loss_before = report.loss_before
             state.local_loss_before = report.local_loss_before
@@ -207,6 +217,7 @@ class GeneticPopulation:
 
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
         _record(self.states, reports)
+        self._settle(reports)
         trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
         labels = self._labels(server_round, trained)
         states = [self.states[cid] for cid in trained]
@@ -241,9 +252,40 @@ class GeneticPopulation:
         )
         lrs[migrants], batch_sizes[migrants] = migrant_lrs, migrant_batch_sizes
         self.migrants = set(cohort.client_id[migrants].tolist())
+        lrs, batch_sizes = self._inside_space(lrs, batch_sizes)
         for state, lr, batch in zip(states, lrs.tolist(), batch_sizes.tolist(), strict=True):
             state.lr, state.batch_size = lr, batch
         return labels
+
+    def _settle(self, reports: Mapping[int, Report]) -> None:
+        """Give every reported client a pair inside the space before anything is clustered.
+
+        A search whose reply was refused or never came leaves no pair the
+        server could trust: such a client draws a fresh random one. A grid
+        point outside the space (the seed's lr grid reaches 1e-6) is brought
+        to the space's edge.
+        """
+        unknown = sorted(cid for cid in reports if self.states[cid].lr is None)
+        if unknown:  # no draw otherwise: runs without such clients keep their random stream
+            lrs, batch_sizes = random_pairs(self.settings.space, len(unknown), self.rng)
+            for cid, lr, batch in zip(unknown, lrs.tolist(), batch_sizes.tolist(), strict=True):
+                self.states[cid].lr, self.states[cid].batch_size = lr, batch
+        for cid in reports:
+            state = self.states[cid]
+            (lr,), (batch,) = self._inside_space(
+                np.array([state.lr], dtype=np.float64), np.array([state.batch_size])
+            )
+            state.lr, state.batch_size = float(lr), int(batch)
+
+    def _inside_space(
+        self, lrs: np.ndarray, batch_sizes: np.ndarray
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """The pairs clipped to the search space; the notebook preset's lr may drift out."""
+        space = self.settings.space
+        batch_sizes = np.clip(batch_sizes, space.batch_min, space.batch_max)
+        if self.settings.explore.bounded:
+            lrs = np.clip(lrs, space.lr_min, space.lr_max)
+        return lrs, batch_sizes
 
     def _labels(self, server_round: int, trained: list[int]) -> dict[int, int]:
         if not reclusters_in(server_round, self.settings.recluster_every):
@@ -269,3 +311,17 @@ def states_to_dict(states: Mapping[int, ClientState]) -> dict[str, dict[str, Any
 def states_from_dict(data: Mapping[str, Mapping[str, Any]]) -> dict[int, ClientState]:
     """The inverse of :func:`states_to_dict`."""
     return {int(cid): ClientState(**fields) for cid, fields in data.items()}
+
+
+def make_policy(
+    config: GcflConfig, client_ids: list[int], rng: np.random.Generator
+) -> HyperparameterPolicy:
+    """The hyperparameter policy that ``config.strategy`` names, for these clients."""
+    if config.strategy == "fedavg":
+        return FixedHyperparameters(
+            client_ids, Hyperparameters(config.fedavg_lr, config.fedavg_batch_size)
+        )
+    settings = GeneticSettings.from_config(config)
+    if config.init == "search":
+        return GeneticPopulation.search_init(client_ids, settings, rng)
+    return GeneticPopulation.random_init(client_ids, settings, rng)

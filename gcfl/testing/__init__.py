@@ -1,0 +1,1 @@
+"""Tools for testing gcfl deployments: clients that misbehave on purpose."""
