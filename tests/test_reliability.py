@@ -7,6 +7,7 @@ import pytest
 from flwr.common import ndarrays_to_parameters
 
 from gcfl.config import parse_run_config
+from gcfl.protocol import FitInstruction
 from gcfl.server.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -41,12 +42,15 @@ def test_the_rollback_target_survives_a_checkpoint_and_a_resume(tmp_path):
     assert load_previous_weights(path)[0].tolist() == first[0].tolist()
     state = json.loads(json.dumps(load_checkpoint(path)[1]))
 
-    resumed, manager = started_on(ONES)
+    records = []
+    resumed, manager = started_on(ONES, records=records)
     resumed.restore(state, load_previous_weights(path))
+    # started_on discovered the federation before restore: apply it as a restart would.
+    resumed.initialize_parameters(manager)
     # Round 3 finds the model of round 2 worse (2.3 > 1.5 * 1.1): back to round 1's model.
-    third, metrics = fit_round(resumed, manager, 1, second, value=9.0, loss_before=2.3)
+    third, _ = fit_round(resumed, manager, 1, second, value=9.0, loss_before=2.3)
     np.testing.assert_allclose(third[0], first[0])
-    assert metrics["rolled-back"] is True
+    assert records[0].round == 3 and records[0].status == "rolled-back"
     save_checkpoint(tmp_path / "plain.npz", second, {})
     assert load_previous_weights(tmp_path / "plain.npz") is None
 
@@ -80,9 +84,9 @@ def run_rounds(adapter, manager, rounds, start=1):
             sorted(
                 (
                     p.partition_id,
-                    ins.config["server-round"],
-                    ins.config["lr"],
-                    ins.config["batch-size"],
+                    FitInstruction.from_config(ins.config).server_round,
+                    FitInstruction.from_config(ins.config).lr,
+                    FitInstruction.from_config(ins.config).batch_size,
                 )
                 for p, ins in instructions
             )
@@ -93,9 +97,13 @@ def run_rounds(adapter, manager, rounds, start=1):
     return sent
 
 
-def make(overrides=None):
+def make(overrides=None, records=None):
     config = parse_run_config({"probe-timeout": 5.0, "fraction-fit": 0.5, **(overrides or {})})
-    return GeneticClusteredFedAvg(config=config, initial_parameters=ndarrays_to_parameters(GLOBAL))
+    return GeneticClusteredFedAvg(
+        config=config,
+        initial_parameters=ndarrays_to_parameters(GLOBAL),
+        on_round_end=None if records is None else lambda record, _: records.append(record),
+    )
 
 
 def test_resume_repeats_sampling_and_assignments_exactly():
@@ -127,27 +135,32 @@ def test_resume_with_a_different_federation_is_refused():
 
 
 def test_update_far_larger_than_the_global_model_is_refused():
-    adapter, manager = make({"fraction-fit": 1.0, "max-update-norm": 2.0}), federation(3)
+    records = []
+    adapter = make({"fraction-fit": 1.0, "max-update-norm": 2.0}, records)
+    manager = federation(3)
     adapter.initialize_parameters(manager)
     global_weights = [np.ones_like(a) for a in GLOBAL]
     instructions = adapter.configure_fit(1, ndarrays_to_parameters(global_weights), manager)
     results = [fit_res(p, p.partition_id, ins, value=1.5) for p, ins in instructions]
     first_proxy, first_ins = instructions[0]
     results[0] = fit_res(first_proxy, first_proxy.partition_id, first_ins, value=1e6)
-    _, metrics = adapter.aggregate_fit(1, results, [])
+    parameters, metrics = adapter.aggregate_fit(1, results, [])
+    adapter.evaluate(1, parameters)
     assert metrics["accepted"] == 2
-    (refused,) = [c for c in adapter._round.clients if c["status"] == "refused"]
-    assert "norm" in refused["reason"]
+    (refused,) = [c for c in records[0].clients if c.status == "refused"]
+    assert "norm" in refused.reason
 
 
 def test_every_update_refused_leaves_the_global_model_unchanged():
-    adapter, manager = make({"fraction-fit": 1.0}), federation(3)
+    records = []
+    adapter, manager = make({"fraction-fit": 1.0}, records), federation(3)
     adapter.initialize_parameters(manager)
     instructions = adapter.configure_fit(1, ndarrays_to_parameters(GLOBAL), manager)
     results = [fit_res(p, p.partition_id, ins, status="diverged") for p, ins in instructions]
     parameters, metrics = adapter.aggregate_fit(1, results, [])
+    adapter.evaluate(1, ndarrays_to_parameters(GLOBAL))
     assert parameters is None and metrics["accepted"] == 0
-    assert adapter._round.counted is False
+    assert records[0].status == "failed"
 
 
 def test_new_run_never_reuses_an_out_dir_with_results(tmp_path):

@@ -1,8 +1,11 @@
 """PromptGrid: replies are collected as they arrive; every other Grid call passes through."""
 
+import time
 from types import SimpleNamespace
 
-from gcfl.server.grid import PromptGrid
+import pytest
+
+from gcfl.server.grid import NoReplyError, PromptGrid
 
 
 class ScriptedGrid:
@@ -12,6 +15,7 @@ class ScriptedGrid:
         self.pulls_until_reply = pulls_until_reply
         self.pulls = 0
         self.run = "the run"
+        self.errors: dict[str, str] = {}
 
     def push_messages(self, messages):
         return [message.id for message in messages]
@@ -19,7 +23,11 @@ class ScriptedGrid:
     def pull_messages(self, message_ids):
         self.pulls += 1
         return [
-            SimpleNamespace(metadata=SimpleNamespace(reply_to_message_id=mid))
+            SimpleNamespace(
+                metadata=SimpleNamespace(reply_to_message_id=mid),
+                has_error=lambda mid=mid: mid in self.errors,
+                error=SimpleNamespace(reason=self.errors.get(mid, "")),
+            )
             for mid in sorted(message_ids)
             if self.pulls >= self.pulls_until_reply[mid]
         ]
@@ -31,8 +39,9 @@ class ScriptedGrid:
         return "helper"
 
 
-def _messages(*ids):
-    return [SimpleNamespace(id=i) for i in ids]
+def _messages(*ids, ttl=3600.0, group="1", node=7):
+    metadata = SimpleNamespace(ttl=ttl, group_id=group, message_type="train", dst_node_id=node)
+    return [SimpleNamespace(id=i, metadata=metadata) for i in ids]
 
 
 def test_every_reply_is_collected_once_as_it_arrives():
@@ -56,3 +65,31 @@ def test_everything_else_goes_to_the_wrapped_grid():
     assert grid.run == "the run"
     assert list(grid.get_node_ids()) == [1, 2]
     assert grid.some_helper() == "helper"
+
+
+def test_a_silent_node_is_named_as_timed_out_at_the_deadline():
+    grid = PromptGrid(ScriptedGrid({"a": 10**9}), pull_interval_s=0.001)
+    with pytest.raises(NoReplyError) as raised:
+        grid.send_and_receive(_messages("a", ttl=0.05, node=42))
+    assert (raised.value.node_id, raised.value.outcome) == (42, "timed-out")
+
+
+def test_an_error_reply_is_named_as_failed_with_its_last_line():
+    inner = ScriptedGrid({"a": 1})
+    inner.errors["a"] = "Traceback (most recent call last):\n  ...\nRuntimeError: boom\n"
+    grid = PromptGrid(inner, pull_interval_s=0.001)
+    with pytest.raises(NoReplyError) as raised:
+        grid.send_and_receive(_messages("a", node=3))
+    assert (raised.value.outcome, raised.value.reason) == ("failed", "RuntimeError: boom")
+
+
+def test_the_deadline_counts_from_the_rounds_first_message():
+    # Flower's server sends a round's messages a few at a time: a message sent
+    # late in the round must not get a full round timeout of its own.
+    grid = PromptGrid(ScriptedGrid({"a": 1, "b": 10**9}), pull_interval_s=0.001)
+    grid.send_and_receive(_messages("a", ttl=0.3, group="5"))
+    time.sleep(0.3)
+    started = time.monotonic()
+    with pytest.raises(NoReplyError):
+        grid.send_and_receive(_messages("b", ttl=0.3, group="5"))
+    assert time.monotonic() - started < 0.1
