@@ -1,22 +1,31 @@
 """The warm training worker: same results as training in-process, clear errors, and a fallback."""
 
+import json
 import logging
 import socket
+import stat
+import struct
 import threading
+import time
 
 import numpy as np
 import pytest
 
+from gcfl.client import worker_protocol
 from gcfl.client.client import GcflClient
 from gcfl.client.client_app import WorkerBackedClient
 from gcfl.client.worker import (
+    PROTOCOL_VERSION,
     WorkerFitError,
+    WorkerTimeout,
     WorkerUnavailable,
+    _bind,
     fit_on_worker,
     ping,
     serve,
 )
 from gcfl.client.worker_protocol import (
+    MAX_MESSAGE_BYTES,
     ProtocolError,
     encode_message,
     receive_message,
@@ -25,9 +34,11 @@ from gcfl.client.worker_protocol import (
 from gcfl.config import parse_run_config
 from gcfl.data import load_dataset
 from gcfl.model import build_model
+from gcfl.protocol import FitInstruction
 
 RUN_CONFIG = {"local-epochs": 1, "num-server-rounds": 2}
-FIT_CONFIG = {"server-round": 1, "lr": 1e-3, "batch-size": 16, "search": False}
+# Spelled by gcfl.protocol, so it carries the protocol version a client insists on.
+FIT_CONFIG = FitInstruction(server_round=1, lr=1e-3, batch_size=16).to_config()
 
 
 def _initial_weights(spec: str = "") -> list[np.ndarray]:
@@ -40,19 +51,23 @@ def _in_process(run_config, parameters, partition_id=1):
     return client.fit(parameters, dict(FIT_CONFIG))
 
 
+def _serve_in_thread(path, **options):
+    """A worker serving at ``path`` in a daemon thread of this process, once it answers."""
+    thread = threading.Thread(target=serve, args=(path,), kwargs=options, daemon=True)
+    thread.start()
+    # Generous: the first start imports TensorFlow, slow on a busy machine.
+    deadline = time.monotonic() + 120.0
+    while not ping(str(path), timeout_s=0.5):
+        if not thread.is_alive() or time.monotonic() > deadline:
+            pytest.fail("the worker did not start")
+        time.sleep(0.05)
+    return str(path)
+
+
 @pytest.fixture
 def worker(tmp_path):
     """A worker serving in a thread of this process; stopped by closing its listener."""
-    path = tmp_path / "w.sock"
-    thread = threading.Thread(target=serve, args=(path,), daemon=True)
-    thread.start()
-    for _ in range(200):
-        if ping(str(path), timeout_s=0.5):
-            break
-        threading.Event().wait(0.05)
-    else:
-        pytest.fail("the worker did not start")
-    yield str(path)
+    return _serve_in_thread(tmp_path / "w.sock")
 
 
 def _fit_on_worker(socket_path, parameters, *, partition_id, run_config=RUN_CONFIG):
@@ -63,6 +78,7 @@ def _fit_on_worker(socket_path, parameters, *, partition_id, run_config=RUN_CONF
         run_config=run_config,
         parameters=parameters,
         fit_config=FIT_CONFIG,
+        deadline_s=300.0,
     )
 
 
@@ -187,3 +203,159 @@ def test_client_falls_back_to_in_process_training_with_a_warning(tmp_path, caplo
 def test_a_second_worker_on_a_live_socket_is_refused(worker):
     with pytest.raises(RuntimeError, match="already answers"):
         serve(worker, max_requests=0)
+
+
+FIT_HEADER = {
+    "version": PROTOCOL_VERSION,
+    "method": "fit",
+    "partition-id": 0,
+    "num-partitions": 5,
+    "run-config": RUN_CONFIG,
+    "fit-config": FIT_CONFIG,
+}
+
+
+def _reply_to(socket_path, payload, timeout_s=10.0):
+    """Send raw ``payload`` to the worker and read its reply; the sender never closes."""
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
+        connection.connect(socket_path)
+        connection.sendall(payload)
+        reply, _ = receive_message(connection, timeout_s=timeout_s)
+    return reply
+
+
+def test_a_stalled_request_is_dropped_and_the_worker_keeps_serving(tmp_path):
+    worker = _serve_in_thread(tmp_path / "w.sock", request_timeout_s=1.0)
+    message = encode_message(FIT_HEADER, [np.zeros(1000, dtype=np.float32)])
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(worker)
+        stalled.sendall(message[:-100])  # the header, then most of the array, then nothing
+        # Served while the stalled request is still being waited for.
+        assert ping(worker, timeout_s=0.5)
+        started = time.monotonic()
+        reply, _ = receive_message(stalled, timeout_s=10.0)
+    assert time.monotonic() - started < 10.0
+    assert not reply["ok"]
+    assert "request not received within 1 s" in reply["message"]
+    assert "of array 0" in reply["message"]
+    assert ping(worker)
+
+
+def _announcing(header, sizes):
+    """A message's framing up to its first array's bytes: ``sizes`` are only announced."""
+    body = json.dumps({**header, "arrays": len(sizes)}).encode()
+    return b"GCFLW1" + struct.pack(">I", len(body)) + body + struct.pack(">Q", sizes[0])
+
+
+def test_a_message_over_the_cap_is_refused_unread_and_the_worker_keeps_serving(worker):
+    # One array announced at the whole cap and none of its bytes sent: a worker
+    # that tried to read it would time out rather than refuse.
+    reply = _reply_to(worker, _announcing(FIT_HEADER, [MAX_MESSAGE_BYTES]))
+    assert not reply["ok"]
+    assert f"exceeds the cap of {MAX_MESSAGE_BYTES} bytes" in reply["message"]
+    assert ping(worker)
+    _, count, _ = _fit_on_worker(worker, _initial_weights(), partition_id=0)
+    assert count > 0
+
+
+def test_the_cap_is_on_the_whole_message_not_each_array(monkeypatch):
+    monkeypatch.setattr(worker_protocol, "MAX_MESSAGE_BYTES", 3000)
+    arrays = [np.zeros(200, dtype=np.float64)] * 2  # each about 1.7 kB: under the cap alone
+    with pytest.raises(ProtocolError, match="exceeds the cap of 3000 bytes"):
+        encode_message({}, arrays)
+    monkeypatch.setattr(worker_protocol, "MAX_MESSAGE_BYTES", 1 << 30)
+    payload = encode_message({}, arrays)
+    monkeypatch.setattr(worker_protocol, "MAX_MESSAGE_BYTES", 3000)
+    left, right = _pair()
+    with left, right:
+        left.sendall(payload)
+        with pytest.raises(ProtocolError, match=r"array 1 .* exceeds the cap of 3000 bytes"):
+            receive_message(right)
+
+
+def _silent_worker(socket_path, stop):
+    """A worker that takes a request and never replies, until ``stop`` is set."""
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(socket_path)
+    listener.listen(1)
+
+    def take_and_hang():
+        with listener:
+            connection, _ = listener.accept()
+            with connection:
+                receive_message(connection)
+                stop.wait(30)
+
+    threading.Thread(target=take_and_hang, daemon=True).start()
+
+
+def test_a_worker_that_never_replies_times_out_the_fit_without_a_fallback(tmp_path):
+    path, stop = str(tmp_path / "silent.sock"), threading.Event()
+    _silent_worker(path, stop)
+    started = time.monotonic()
+    try:
+        with pytest.raises(WorkerTimeout, match=r"did not answer within 1 s") as error:
+            fit_on_worker(
+                path,
+                partition_id=0,
+                num_partitions=5,
+                run_config=RUN_CONFIG,
+                parameters=[np.zeros(3, dtype=np.float32)],
+                fit_config=FIT_CONFIG,
+                deadline_s=1.0,
+            )
+    finally:
+        stop.set()
+    assert time.monotonic() - started < 10.0
+    # WorkerBackedClient retries only WorkerUnavailable in process.
+    assert not isinstance(error.value, WorkerUnavailable)
+
+
+def test_the_client_fails_a_fit_its_worker_did_not_answer_in_the_round_timeout(tmp_path):
+    path, stop = str(tmp_path / "silent.sock"), threading.Event()
+    _silent_worker(path, stop)
+    run_config = {**RUN_CONFIG, "round-timeout": 1.0}
+    client = WorkerBackedClient(1, 5, parse_run_config(run_config), run_config, path)
+    try:
+        with pytest.raises(WorkerTimeout, match="round-timeout"):
+            client.fit(_initial_weights(), dict(FIT_CONFIG))
+    finally:
+        stop.set()
+
+
+def test_a_full_worker_is_unavailable_so_the_client_falls_back(tmp_path):
+    worker = _serve_in_thread(tmp_path / "w.sock", request_timeout_s=2.0, max_connections=1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(worker)  # holds the only slot until its request times out
+        with pytest.raises(WorkerUnavailable, match="busy"):
+            fit_on_worker(
+                worker,
+                partition_id=0,
+                num_partitions=5,
+                run_config=RUN_CONFIG,
+                parameters=[],
+                fit_config=FIT_CONFIG,
+                deadline_s=30.0,
+            )
+
+
+def test_bind_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
+    path = tmp_path / "results.csv"
+    path.write_text("round,accuracy\n1,0.9\n")
+    with pytest.raises(RuntimeError, match=rf"{path} exists and is not a Unix socket"):
+        _bind(path)
+    assert path.read_text() == "round,accuracy\n1,0.9\n"
+
+
+def test_bind_replaces_a_stale_socket(tmp_path):
+    path = tmp_path / "w.sock"
+    stale = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    stale.bind(str(path))
+    stale.close()  # a killed worker's socket file: nobody listens
+    with pytest.raises(ConnectionRefusedError), socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(path))
+    with _bind(path) as listener, socket.socket(socket.AF_UNIX) as probe:
+        probe.connect(str(path))  # refused on the stale file; accepted now
+        assert listener.accept()[0]
+    assert stat.S_ISSOCK(path.stat().st_mode)
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600

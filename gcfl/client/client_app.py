@@ -17,7 +17,8 @@ from flwr.common.logger import log
 
 from gcfl.client.client import GcflClient
 from gcfl.client.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
-from gcfl.config import ConfigError, GcflConfig, parse_run_config
+from gcfl.config import ConfigError, GcflConfig, config_of
+from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
 
 
 class WorkerBackedClient(GcflClient):
@@ -44,6 +45,7 @@ class WorkerBackedClient(GcflClient):
                 run_config=self.run_config,
                 parameters=list(parameters),
                 fit_config=config,
+                deadline_s=self.config.round_timeout,
             )
         except WorkerUnavailable as error:
             log(
@@ -57,10 +59,10 @@ class WorkerBackedClient(GcflClient):
 
 def client_fn(context: Context) -> Client:
     """Build the client of this node from its node config and the run config."""
-    config = parse_run_config(context.run_config)
+    config = config_of(context.run_config)
     try:
-        partition_id = int(context.node_config["partition-id"])
-        num_partitions = int(context.node_config["num-partitions"])
+        partition_id = int(context.node_config[PARTITION_ID])
+        num_partitions = int(context.node_config[NUM_PARTITIONS])
     except KeyError as missing:
         raise ConfigError(
             f"node config lacks {missing}; start each SuperNode with "

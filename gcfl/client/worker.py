@@ -8,11 +8,42 @@ rounds, and trains whenever a ClientApp process on its node asks over a Unix
 socket (``worker-socket`` in the node config). A run with another dataset or
 model gets its own cache entries, so nothing of one run leaks into another.
 
-The ClientApp falls back to training in its own process, with a warning, when
-no worker answers (no socket, a dead worker, a connection cut mid-fit);
-training is deterministic, so the fallback gives the result the worker would
-have. An error while training (bad weights, an injected fault) is an error of
-the fit, reported as such, and not retried.
+What the worker trusts, and what it does not:
+
+* It trusts whoever can connect. The socket is created mode 0600, so only the
+  node's user (and root) can send a request, and a fit request is obeyed as
+  that user's: its run config names the model builder (``model``, a
+  ``package.module:function`` the worker imports and calls) and the data
+  folder (``data-dir``) the worker reads. The socket's permissions are the
+  only guard on those; the worker checks neither.
+* It does not trust a message's framing or its sender's pace
+  (:mod:`gcfl.client.worker_protocol`): no pickle, at most
+  ``MAX_MESSAGE_BYTES`` per message checked before reading, and a deadline
+  for the whole request (``REQUEST_TIMEOUT_S``, 30 s) and for sending the
+  reply (``REPLY_TIMEOUT_S``). A malformed,
+  oversized, stalled or trickling request ends with an error reply and costs
+  the worker nothing else: each connection is received in its own thread (at
+  most ``MAX_CONNECTIONS`` at once; one more is told the worker is busy), so
+  other ClientApps keep being served. Only the training itself is serialised
+  by a lock (one Keras model per process: fits never overlap), and a request
+  waits for that lock no longer than its own deadline (``deadline-s`` in the
+  request), so fits nobody waits for any more are not run.
+
+What the ClientApp does when the worker does not deliver
+(:func:`fit_on_worker`, called by ``WorkerBackedClient``):
+
+* No worker takes the request (no socket, nobody listening, the worker busy,
+  the connection cut while the round still has time):
+  :class:`WorkerUnavailable`; the ClientApp trains in its own process, with a
+  warning. Training is deterministic, so the fallback gives the result the
+  worker would have.
+* The worker took the request but sent no reply within the run's
+  ``round-timeout``: :class:`WorkerTimeout`, and the fit fails with that
+  reason. It is not retried in process: the server has stopped waiting for
+  this reply, and a second training would only answer later still.
+* An error while training (bad weights, an injected fault):
+  :class:`WorkerFitError`, an error of the fit, reported as such and not
+  retried.
 
 Run it with ``gcfl worker --socket PATH``; ``gcfl node`` starts one beside a
 SuperNode, and ``gcfl deploy`` and docker-compose.yml do that for every node.
@@ -22,9 +53,12 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import math
 import os
 import signal
 import socket
+import stat
+import threading
 import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -32,11 +66,32 @@ from typing import Any
 
 import numpy as np
 
-from gcfl.client.worker_protocol import ProtocolError, receive_message, send_message
+from gcfl.client.worker_protocol import (
+    MESSAGE_TIMEOUT_S,
+    MessageTimeout,
+    ProtocolError,
+    receive_message,
+    send_message,
+)
+from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID, ROUND
 
 PROTOCOL_VERSION = 1
 CONNECT_TIMEOUT_S = 5.0
 NODE_CONFIG_KEY = "worker-socket"
+# The whole request, from its first byte to its last: a few MB over a local
+# socket take milliseconds, so only a stalled or hostile sender gets near it.
+REQUEST_TIMEOUT_S = MESSAGE_TIMEOUT_S
+# Sending the reply: the ClientApp is waiting for it, so it is read at once.
+REPLY_TIMEOUT_S = MESSAGE_TIMEOUT_S
+# Connections received at once. A node runs one ClientApp per message, a few
+# at most; the rest is room for stalled peers, each gone after its deadline.
+MAX_CONNECTIONS = 8
+# How long a request without its own ``deadline-s`` waits for the training
+# lock: the default round-timeout, after which nobody waits for its reply.
+DEFAULT_FIT_WAIT_S = 1800.0
+# How long serve(max_requests=...) waits for its last requests before returning.
+SHUTDOWN_TIMEOUT_S = 60.0
+BUSY_ERROR = "WorkerBusy"
 
 log = logging.getLogger(__name__)
 
@@ -51,6 +106,14 @@ class WorkerFitError(RuntimeError):
     """The worker was reached and the fit itself failed there; the message is the worker's."""
 
 
+class WorkerTimeout(TimeoutError):
+    """The worker took the request and sent no reply in time; not to be retried in process."""
+
+
+def _left(deadline: float) -> float:
+    return deadline - time.monotonic()
+
+
 # --- ClientApp side ----------------------------------------------------------
 
 
@@ -62,25 +125,50 @@ def fit_on_worker(
     run_config: Mapping[str, Any],
     parameters: list[np.ndarray],
     fit_config: Mapping[str, Any],
+    deadline_s: float,
 ) -> FitResult:
-    """Train on the node's worker; :class:`WorkerUnavailable` if none answers."""
+    """Train on the node's worker, waiting at most ``deadline_s`` (the round-timeout) in all.
+
+    :class:`WorkerUnavailable` if no worker takes the request (train in process
+    instead); :class:`WorkerTimeout` if it took it and ``deadline_s`` passed
+    without a reply (do not retry); :class:`WorkerFitError` if the fit failed.
+    """
+    deadline = time.monotonic() + deadline_s
+    replying = False
     request = {
         "version": PROTOCOL_VERSION,
         "method": "fit",
-        "partition-id": partition_id,
-        "num-partitions": num_partitions,
+        PARTITION_ID: partition_id,
+        NUM_PARTITIONS: num_partitions,
         "run-config": dict(run_config),
         "fit-config": dict(fit_config),
     }
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
-            connection.settimeout(CONNECT_TIMEOUT_S)
+            connection.settimeout(min(CONNECT_TIMEOUT_S, deadline_s))
             connection.connect(socket_path)
-            connection.settimeout(None)  # a fit takes as long as it takes
-            send_message(connection, request, parameters)
-            reply, weights = receive_message(connection)
+            # The worker drops the request if the training lock is not free
+            # before then: nobody would read the reply any more.
+            request["deadline-s"] = _left(deadline)
+            send_message(
+                connection,
+                request,
+                parameters,
+                timeout_s=min(MESSAGE_TIMEOUT_S, _left(deadline)),
+                what="request",
+            )
+            replying = True
+            reply, weights = receive_message(connection, timeout_s=_left(deadline), what="reply")
     except (OSError, ProtocolError) as error:
+        if _left(deadline) <= 0 or (replying and isinstance(error, MessageTimeout)):
+            raise WorkerTimeout(
+                f"the training worker at {socket_path} did not answer within {deadline_s:g} s "
+                f"(the run's round-timeout): {error}; not training in the ClientApp process "
+                "instead, which would only answer later still"
+            ) from None
         raise WorkerUnavailable(f"no training worker answered at {socket_path}: {error}") from None
+    if reply.get("error") == BUSY_ERROR:
+        raise WorkerUnavailable(f"the training worker at {socket_path} is busy: {reply['message']}")
     if not reply.get("ok"):
         raise WorkerFitError(
             f"the training worker at {socket_path} failed: "
@@ -95,8 +183,10 @@ def ping(socket_path: str, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout_s)
             connection.connect(socket_path)
-            send_message(connection, {"version": PROTOCOL_VERSION, "method": "ping"})
-            reply, _ = receive_message(connection)
+            send_message(
+                connection, {"version": PROTOCOL_VERSION, "method": "ping"}, timeout_s=timeout_s
+            )
+            reply, _ = receive_message(connection, timeout_s=timeout_s, what="reply")
     except (OSError, ProtocolError):
         return False
     return bool(reply.get("ok"))
@@ -117,11 +207,11 @@ def wait_for_worker(socket_path: str, timeout_s: float) -> bool:
 
 def _fit(header: Mapping[str, Any], parameters: list[np.ndarray]) -> tuple[dict[str, Any], list]:
     from gcfl.client.client import GcflClient
-    from gcfl.config import parse_run_config
+    from gcfl.config import config_of
 
     try:
-        partition_id = int(header["partition-id"])
-        num_partitions = int(header["num-partitions"])
+        partition_id = int(header[PARTITION_ID])
+        num_partitions = int(header[NUM_PARTITIONS])
         run_config = header["run-config"]
         fit_config = header["fit-config"]
     except (KeyError, TypeError, ValueError) as error:
@@ -129,21 +219,65 @@ def _fit(header: Mapping[str, Any], parameters: list[np.ndarray]) -> tuple[dict[
     if not isinstance(run_config, dict) or not isinstance(fit_config, dict):
         raise ProtocolError("fit request's 'run-config' and 'fit-config' must be JSON objects")
     started = time.perf_counter()
-    client = GcflClient(partition_id, num_partitions, parse_run_config(run_config))
+    client = GcflClient(partition_id, num_partitions, config_of(run_config))
     weights, num_examples, metrics = client.fit(parameters, fit_config)
     log.info(
         "trained partition %d, round %s, in %.2f s",
         partition_id,
-        fit_config.get("server-round", "?"),
+        fit_config.get(ROUND, "?"),
         time.perf_counter() - started,
     )
     return {"ok": True, "num-examples": num_examples, "metrics": metrics}, list(weights)
 
 
-def handle(connection: socket.socket) -> None:
-    """Answer one request on ``connection``; every failure becomes an error reply."""
+# One Keras model and one set of process caches: fits must never overlap.
+_FIT_LOCK = threading.Lock()
+
+
+def _wait_s(header: Mapping[str, Any]) -> float:
+    value = header.get("deadline-s", DEFAULT_FIT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"fit request's 'deadline-s' must be seconds, got {value!r}")
+    if value <= 0:
+        raise TimeoutError("the request's deadline had passed when it arrived; not trained")
+    return float(value)
+
+
+def _fit_when_free(
+    header: Mapping[str, Any], parameters: list[np.ndarray], received_at: float
+) -> tuple[dict[str, Any], list]:
+    wait_s = _wait_s(header)
+    if not _FIT_LOCK.acquire(timeout=max(0.0, received_at + wait_s - time.monotonic())):
+        raise TimeoutError(
+            f"another fit held the worker past this request's deadline of {wait_s:g} s; "
+            "not trained, as nobody waits for the result any more"
+        )
     try:
-        header, arrays = receive_message(connection)
+        return _fit(header, parameters)
+    finally:
+        _FIT_LOCK.release()
+
+
+def _error_reply(error: BaseException) -> dict[str, Any]:
+    return {"ok": False, "error": type(error).__name__, "message": str(error)}
+
+
+def _send_reply(connection: socket.socket, reply: dict[str, Any], weights: list) -> None:
+    try:
+        send_message(connection, reply, weights, timeout_s=REPLY_TIMEOUT_S, what="reply")
+    except (OSError, MessageTimeout) as error:
+        log.warning("could not send the reply (the ClientApp has gone?): %s", error)
+
+
+def handle(connection: socket.socket, *, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+    """Answer one request on ``connection``; every failure becomes an error reply.
+
+    The request must arrive whole within ``request_timeout_s``; a fit then
+    waits for the process's training lock, at most until the request's deadline.
+    """
+    try:
+        header, arrays = receive_message(connection, timeout_s=request_timeout_s, what="request")
+        received_at = time.monotonic()
         if header.get("version") != PROTOCOL_VERSION:
             raise ProtocolError(
                 f"protocol version {header.get('version')!r}, this worker speaks "
@@ -153,46 +287,117 @@ def handle(connection: socket.socket) -> None:
         if method == "ping":
             reply, weights = {"ok": True, "pid": os.getpid()}, []
         elif method == "fit":
-            reply, weights = _fit(header, arrays)
+            reply, weights = _fit_when_free(header, arrays, received_at)
         else:
             raise ProtocolError(f"unknown method {method!r}; the worker knows 'fit' and 'ping'")
     except Exception as error:  # the caller must hear of every failure
         log.warning("request failed: %s: %s", type(error).__name__, error)
-        reply, weights = {"ok": False, "error": type(error).__name__, "message": str(error)}, []
+        reply, weights = _error_reply(error), []
     try:
-        send_message(connection, reply, weights)
-    except OSError as error:
-        log.warning("could not send the reply (the ClientApp has gone?): %s", error)
+        _send_reply(connection, reply, weights)
+    except ProtocolError as error:  # a reply over the size cap: say so rather than go silent
+        log.warning("reply not sent: %s", error)
+        _send_reply(connection, _error_reply(error), [])
 
 
 def _bind(socket_path: Path) -> socket.socket:
-    if socket_path.exists():
+    try:
+        mode = socket_path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        # Only a socket can be a killed worker's leftover; anything else (a
+        # file, a folder, a symlink) is someone's data or a mistyped --socket.
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeError(
+                f"{socket_path} exists and is not a Unix socket; not replacing it: "
+                "give --socket a free path"
+            )
         if ping(str(socket_path), timeout_s=1.0):
             raise RuntimeError(f"a training worker already answers at {socket_path}")
         socket_path.unlink()  # left by a worker that was killed
     socket_path.parent.mkdir(parents=True, exist_ok=True)
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(str(socket_path))
+    # Before listen(): until then a connect is refused, so no one else's gets in.
     os.chmod(socket_path, 0o600)  # only the node's own user may ask for training
     listener.listen(16)
     return listener
 
 
-def serve(socket_path: str | Path, *, max_requests: int | None = None) -> None:
-    """Answer requests on ``socket_path`` one at a time until SIGTERM/SIGINT."""
+def _serve_connection(
+    connection: socket.socket, slots: threading.BoundedSemaphore, request_timeout_s: float
+) -> None:
+    try:
+        with connection:
+            handle(connection, request_timeout_s=request_timeout_s)
+    finally:
+        slots.release()
+
+
+def _refuse_busy(connection: socket.socket, max_connections: int) -> None:
+    log.warning("refused a connection: %d requests are being served already", max_connections)
+    with connection, contextlib.suppress(OSError, MessageTimeout):
+        # A fresh socket's buffer holds this small reply, so the accept
+        # loop does not wait on the peer.
+        send_message(
+            connection,
+            {
+                "ok": False,
+                "error": BUSY_ERROR,
+                "message": f"{max_connections} requests are being served already",
+            },
+            timeout_s=1.0,
+            what="reply",
+        )
+
+
+def serve(
+    socket_path: str | Path,
+    *,
+    max_requests: int | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+) -> None:
+    """Answer requests on ``socket_path`` until SIGTERM/SIGINT, one thread per connection.
+
+    At most ``max_connections`` are served at once (one more gets a busy
+    reply); each request must arrive within ``request_timeout_s``; fits run
+    one at a time. After ``max_requests`` connections it stops accepting and
+    waits up to ``SHUTDOWN_TIMEOUT_S`` for those still being served.
+    """
     from gcfl.model import make_training_reproducible
 
     make_training_reproducible()  # TensorFlow's import, paid before the first request
     path = Path(socket_path)
     listener = _bind(path)
     log.info("training worker %d listening on %s", os.getpid(), path)
+    slots = threading.BoundedSemaphore(max_connections)
+    handlers: list[threading.Thread] = []
     served = 0
     try:
         while max_requests is None or served < max_requests:
             connection, _ = listener.accept()
-            with connection:
-                handle(connection)
             served += 1
+            if not slots.acquire(blocking=False):
+                _refuse_busy(connection, max_connections)
+                continue
+            handler = threading.Thread(
+                target=_serve_connection,
+                args=(connection, slots, request_timeout_s),
+                name=f"gcfl-worker-request-{served}",
+                daemon=True,  # a stalled peer must not keep the process from exiting
+            )
+            try:
+                handler.start()
+            except RuntimeError:  # no thread to be had: refuse, keep serving
+                slots.release()
+                _refuse_busy(connection, max_connections)
+                continue
+            handlers = [thread for thread in handlers if thread.is_alive()] + [handler]
+        shutdown = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        for handler in handlers:
+            handler.join(timeout=max(0.0, _left(shutdown)))
     finally:
         listener.close()
         path.unlink(missing_ok=True)

@@ -22,7 +22,15 @@ from flwr.common import Config, Context, NDArrays, Scalar
 
 from gcfl.client.client import GcflClient
 from gcfl.config import GcflConfig, config_of
-from gcfl.protocol import BATCH_SIZE, LOSS_FIELDS, LR, STATUS, FitInstruction
+from gcfl.protocol import (
+    BATCH_SIZE,
+    LOSS_FIELDS,
+    LR,
+    NUM_PARTITIONS,
+    PARTITION_ID,
+    STATUS,
+    FitInstruction,
+)
 
 ENV_VAR = "GCFL_HOSTILE"
 CLIENT_APP = "gcfl.testing.hostile:app"
@@ -149,8 +157,8 @@ class HostileClient(GcflClient):
 def client_fn(context: Context) -> Client:
     """gcfl's honest client, or a hostile one for the partitions ``GCFL_HOSTILE`` names."""
     config = config_of(context.run_config)
-    partition_id = int(context.node_config["partition-id"])
-    num_partitions = int(context.node_config["num-partitions"])
+    partition_id = int(context.node_config[PARTITION_ID])
+    num_partitions = int(context.node_config[NUM_PARTITIONS])
     case = parse_hostile(os.environ.get(ENV_VAR, "")).get(partition_id)
     if case is None:
         return GcflClient(partition_id, num_partitions, config).to_client()
