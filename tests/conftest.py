@@ -1,19 +1,19 @@
 """Shared fixtures."""
 
-import time
-
 import pytest
 
-from tests.flower_processes import flower_processes
+from tests.process_tracking import ProcessTracker
 
 
 @pytest.fixture
 def no_leftover_processes():
-    """Fail the test if a Flower or Ray process it started is still running afterwards."""
-    before = flower_processes()
-    yield
-    deadline = time.monotonic() + 15  # processes killed a moment ago may still be exiting
-    while flower_processes() - before and time.monotonic() < deadline:
-        time.sleep(0.5)
-    left = flower_processes() - before
-    assert not left, f"processes left running: {left}"
+    """Fail the test if a process it started (a SuperLink, Ray...) is still running afterwards.
+
+    Only the test's own processes count (see tests/process_tracking.py):
+    Flower or Ray processes that anyone else runs on the machine neither fail
+    the test nor hide its leaks.
+    """
+    with ProcessTracker() as tracker:
+        yield tracker
+    left = tracker.leftovers()
+    assert not left, "processes the test started were left running:\n" + "\n".join(left)

@@ -13,25 +13,6 @@ import psutil
 
 from gcfl.simulation.superlink import free_port, stop_process_tree, tool_environment
 
-FLOWER_PROCESS_NAMES = (
-    "flower-superlink",
-    "flower-superexec",
-    "flwr-simulation",
-    "raylet",
-    "gcs_server",
-    "ray::",
-)
-
-
-def flower_processes() -> set[int]:
-    """PIDs of every Flower or Ray process on this machine."""
-    found = set()
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        cmdline = " ".join(process.info["cmdline"] or [])
-        if any(name in cmdline for name in FLOWER_PROCESS_NAMES):
-            found.add(process.info["pid"])
-    return found
-
 
 def managed_superlink_env(tmp_path: Path) -> dict[str, str]:
     """Environment for a plain ``flwr run .``: private FLWR_HOME and ports, no dependency install.

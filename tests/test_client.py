@@ -241,9 +241,32 @@ def test_search_init_keeps_the_best_of_three_lrs_and_two_batch_sizes():
     assert metrics["status"] == "ok"
 
 
-def test_properties_need_no_tensorflow():
-    client, _ = digits_client(partition_id=7)
-    assert client.get_properties({}) == {"partition-id": 7, "num-partitions": 10}
+PROPERTIES_PROBE = """
+import sys
+from flwr.common import Context, GetPropertiesIns, RecordDict
+from gcfl.client.client_app import client_fn
+from gcfl.config import default_run_config
+
+for extra in ({}, {"worker-socket": "/nonexistent/gcfl-worker.sock"}):
+    node_config = {"partition-id": 7, "num-partitions": 10, **extra}
+    context = Context(1, 8, node_config, RecordDict(), default_run_config())
+    reply = client_fn(context).get_properties(GetPropertiesIns(config={}))
+    assert reply.status.code.name == "OK", reply.status
+    assert reply.properties["partition-id"] == 7, reply.properties
+    assert reply.properties["num-partitions"] == 10, reply.properties
+imported = sorted({"tensorflow", "keras"} & set(sys.modules))
+assert not imported, f"get_properties imported {imported}"
+"""
+
+
+def test_properties_are_answered_without_importing_tensorflow():
+    # The server asks every node for its properties before round 1; a
+    # ClientApp process that imported TensorFlow for that would pay seconds
+    # per node. A process of its own: this one has imported TensorFlow already.
+    probe = subprocess.run(
+        [sys.executable, "-c", PROPERTIES_PROBE], capture_output=True, text=True, timeout=300
+    )
+    assert probe.returncode == 0, probe.stderr
 
 
 def run_python(code: str, env: dict[str, str]) -> subprocess.CompletedProcess:

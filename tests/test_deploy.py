@@ -1,5 +1,7 @@
 """Deployment: the topology as real processes (TLS, SuperNode auth), and docker-compose."""
 
+import argparse
+import ipaddress
 import math
 import os
 import re
@@ -7,18 +9,20 @@ import shutil
 import subprocess
 import sys
 import time
+import tomllib
 from pathlib import Path
 
 import pytest
 import yaml
+from cryptography import x509
+from cryptography.hazmat.primitives import serialization
 
-from gcfl.deploy.compose import CONTAINER_CERTS, compose_document, render
+from gcfl.deploy.compose import write_compose_files
 from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.local import Deployment, _register, _wait_for_superlink
 from gcfl.deploy.topology import (
     CertificatePaths,
     connection_toml,
-    node_command,
     superlink_command,
     supernode_command,
 )
@@ -29,79 +33,159 @@ from tests.flower_processes import gcfl_cli
 ROOT = Path(__file__).resolve().parents[1]
 
 
+def compose_services(name: str = "docker-compose.yml") -> dict:
+    return yaml.safe_load((ROOT / name).read_text())["services"]
+
+
+def host_path(service: dict, container_path: str) -> str | None:
+    """The host path behind ``container_path`` in ``service``'s bind mounts; None if unmounted."""
+    for volume in service.get("volumes", []):
+        host, container, *_ = volume.split(":")
+        if not host.startswith("./"):
+            continue  # a named volume: nothing the user provides
+        if container_path == container or container_path.startswith(container + "/"):
+            return host + container_path[len(container) :]
+    return None
+
+
+def option(command: list[str], flag: str) -> str:
+    return command[command.index(flag) + 1]
+
+
+def superlink_args(services: dict) -> argparse.Namespace:
+    # Flower 1.42's own parsers: the command lines are read as the containers will read them.
+    from flwr.superlink.cli.flower_superlink import _parse_args_run_superlink
+
+    command = services["superlink"]["command"]
+    assert command[0] == "flower-superlink"
+    return _parse_args_run_superlink().parse_args(command[1:])
+
+
+def supernode_args(service: dict, monkeypatch) -> tuple[str, argparse.Namespace, dict]:
+    """What ``gcfl node`` gives its worker and flower-supernode, and the node config Flower reads.
+
+    The command goes through gcfl's own entry point, with the start of the
+    processes replaced by a record of what would start.
+    """
+    from flwr.common.config import parse_config_args
+    from flwr.supernode.cli.flower_supernode import _parse_args_run_supernode
+
+    from gcfl.cli import main
+
+    command = service["command"]
+    assert command[0] == "gcfl"
+    started = []
+    monkeypatch.setattr(
+        "gcfl.deploy.node.run_node",
+        lambda socket, supernode: started.append((socket, supernode)) or 0,
+    )
+    assert main(command[1:]) == 0 and len(started) == 1
+    worker_socket, supernode = started[0]
+    assert supernode[0] == "flower-supernode"
+    args = _parse_args_run_supernode().parse_args(supernode[1:])
+    return worker_socket, args, parse_config_args([args.node_config])
+
+
 class TestCompose:
-    def test_committed_files_are_generated_from_the_topology(self):
-        for name, insecure in (
-            ("docker-compose.yml", False),
-            ("docker-compose.insecure.yml", True),
-        ):
-            committed = (ROOT / name).read_text()
-            assert committed == render(compose_document(insecure=insecure)), (
+    def test_committed_files_are_what_the_generator_writes(self, tmp_path):
+        # Drift check: the committed files must be regenerated whenever the topology changes.
+        for written in write_compose_files(tmp_path):
+            name = written.relative_to(tmp_path)
+            assert (ROOT / name).read_text() == written.read_text(), (
                 f"{name} is stale: run python -m gcfl.deploy.compose"
             )
 
-    def test_services_and_commands_match_the_topology(self):
-        services = yaml.safe_load((ROOT / "docker-compose.yml").read_text())["services"]
-        assert list(services) == [
-            "superlink",
-            "register-supernodes",
-            "supernode-0",
-            "supernode-1",
-            "supernode-2",
-        ]
+    def test_superlink_serves_tls_and_authenticates_supernodes(self):
+        services = compose_services()
         link = services["superlink"]
-        assert link["command"] == superlink_command(
-            host="0.0.0.0", port=9093, certs=CONTAINER_CERTS, database="/state/state.db"
-        )
-        assert "--enable-supernode-auth" in link["command"] and "--insecure" not in link["command"]
-        assert (
-            "./deploy/certs:/certs:ro" in link["volumes"]
-            and "./results:/results" in link["volumes"]
-        )
-        # No engine healthcheck (podman without systemd never runs one): the
-        # registration step waits for the SuperLink itself, bounded.
+        args = superlink_args(services)
+        assert not args.insecure and args.enable_supernode_auth
+        tls_files = (args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile)
+        hosts = [host_path(link, path) for path in tls_files]
+        assert hosts == [
+            "./deploy/certs/ca.crt",
+            "./deploy/certs/server.pem",
+            "./deploy/certs/server.key",
+        ]
+        assert link["ports"] == [f"{args.port}:{args.port}"]  # flwr run from the host
+        # out-dir='/results/...' lands in ./results on the host (README).
+        assert host_path(link, "/results/run-1") == "./results/run-1"
+        # State lives in a named volume: kept across restarts, dropped by down -v.
+        state_volume = {v.split(":")[1]: v.split(":")[0] for v in link["volumes"]}["/state"]
+        assert args.database.startswith("/state/") and not state_volume.startswith("./")
+        # No engine healthcheck: podman without systemd never runs one.
         assert all("healthcheck" not in service for service in services.values())
+
+    @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.insecure.yml"])
+    def test_each_supernode_has_its_partition_and_a_warm_worker(self, name, monkeypatch):
+        services = compose_services(name)
+        link_port = superlink_args(services).port
+        nodes = {key: value for key, value in services.items() if key.startswith("supernode-")}
+        partitions = []
+        for service in nodes.values():
+            worker_socket, supernode, node_config = supernode_args(service, monkeypatch)
+            assert supernode.superlink == f"superlink:{link_port}"
+            assert node_config["num-partitions"] == len(nodes)
+            partitions.append(node_config["partition-id"])
+            # The ClientApps find the worker that gcfl node starts beside the SuperNode.
+            assert node_config["worker-socket"] == worker_socket
+        assert sorted(partitions) == list(range(len(nodes))) and len(nodes) >= 2
+
+    def test_each_supernode_holds_only_its_own_key_and_it_is_registered_first(self, monkeypatch):
+        services = compose_services()
         registration = services["register-supernodes"]["command"]
-        assert registration[:3] == ["python", "-m", "gcfl.deploy.register"]
-        assert registration[registration.index("--address") + 1] == "superlink:9093"
-        assert float(registration[registration.index("--wait") + 1]) > 0
-        for index in range(3):
-            assert CONTAINER_CERTS.node_public_key(index) in registration
-            node = services[f"supernode-{index}"]
-            # Each SuperNode runs beside its warm training worker, on one socket.
-            socket_path = node["command"][node["command"].index("--worker-socket") + 1]
-            assert node["command"] == node_command(
-                socket_path,
-                supernode_command(
-                    index,
-                    3,
-                    superlink="superlink:9093",
-                    certs=CONTAINER_CERTS,
-                    worker_socket=socket_path,
-                ),
-            )
-            assert (
-                f"partition-id={index} num-partitions=3 worker-socket='{socket_path}'"
-                in (node["command"])
-            )
-            assert node["depends_on"] == {
+        register_service = services["register-supernodes"]
+        registered = {
+            host_path(register_service, key) for key in registration if key.endswith(".pub")
+        }
+        link_port = superlink_args(services).port
+        assert option(registration, "--address") == f"superlink:{link_port}"
+        assert host_path(register_service, option(registration, "--ca")) == "./deploy/certs/ca.crt"
+        assert 0 < float(option(registration, "--wait")) < 600  # waits, but not forever
+        keys = set()
+        for name, service in services.items():
+            if not name.startswith("supernode-"):
+                continue
+            _, supernode, node_config = supernode_args(service, monkeypatch)
+            assert not supernode.insecure
+            assert host_path(service, supernode.root_certificates) == "./deploy/certs/ca.crt"
+            key = host_path(service, supernode.auth_supernode_private_key)
+            assert key == f"./deploy/certs/supernode-{node_config['partition-id']}"
+            keys.add(key)
+            # The CA and its own private key, nothing else: no other node's key, no server key.
+            mounted = {v.split(":")[0] for v in service["volumes"]}
+            assert mounted == {"./deploy/certs/ca.crt", key}
+            assert service["depends_on"] == {
                 "register-supernodes": {"condition": "service_completed_successfully"}
             }
-            # A node gets the CA and its own private key, nothing else.
-            assert node["volumes"] == [
-                "./deploy/certs/ca.crt:/certs/ca.crt:ro",
-                f"./deploy/certs/supernode-{index}:/certs/supernode-{index}:ro",
-            ]
+        assert registered == {f"{key}.pub" for key in keys}
 
-    def test_insecure_variant_is_insecure_everywhere(self):
-        services = yaml.safe_load((ROOT / "docker-compose.insecure.yml").read_text())["services"]
+    def test_registration_uses_a_connection_to_the_superlink_with_the_ca(self):
+        services = compose_services()
+        service = services["register-supernodes"]
+        command = service["command"]
+        flwr_home = host_path(service, service["environment"]["FLWR_HOME"])
+        config = tomllib.loads((ROOT / flwr_home / "config.toml").read_text())
+        # register.py runs flwr supernode register with this connection name.
+        connection = config["superlink"][option(command, "--connection")]
+        assert connection["address"] == option(command, "--address")
+        ca = connection["root-certificates"]
+        assert host_path(service, ca) == "./deploy/certs/ca.crt"
+        assert not connection.get("insecure", False)
+
+    def test_insecure_variant_has_no_tls_anywhere(self, monkeypatch):
+        services = compose_services("docker-compose.insecure.yml")
         assert "register-supernodes" not in services
-        assert all("--insecure" in s["command"] for s in services.values())
-
-    def test_registration_config_points_at_the_superlink_with_the_ca(self):
-        assert (ROOT / "deploy/flwr-home/config.toml").read_text() == connection_toml(
-            "superlink:9093", "/certs/ca.crt"
-        )
+        args = superlink_args(services)
+        assert args.insecure and not args.enable_supernode_auth
+        assert (args.ssl_ca_certfile, args.ssl_certfile, args.ssl_keyfile) == (None, None, None)
+        for name, service in services.items():
+            assert not any(v.startswith("./deploy/certs") for v in service.get("volumes", []))
+            if name.startswith("supernode-"):
+                _, supernode, _ = supernode_args(service, monkeypatch)
+                assert supernode.insecure and supernode.root_certificates is None
+                assert supernode.auth_supernode_private_key is None
+                assert service["depends_on"] == {"superlink": {"condition": "service_started"}}
 
     @pytest.mark.skipif(shutil.which("docker-compose") is None, reason="docker-compose missing")
     @pytest.mark.parametrize("name", ["docker-compose.yml", "docker-compose.insecure.yml"])
@@ -142,7 +226,47 @@ def test_credentials_script_creates_what_compose_mounts(tmp_path):
         f"supernode-{i}{suffix}" for i in range(3) for suffix in ("", ".pub")
     }
     assert {p.name for p in (tmp_path / "deploy/certs").iterdir()} == mounted
-    assert "root-certificates" in (tmp_path / "deploy/host-flwr-home/config.toml").read_text()
+
+    # Every host file or folder docker-compose.yml mounts, or names inside a mount, exists.
+    services = compose_services()
+    needed = set()
+    for service in services.values():
+        needed |= {v.split(":")[0] for v in service.get("volumes", []) if v.startswith("./")}
+        needed |= {path for arg in service["command"] if (path := host_path(service, arg))}
+    assert {"./deploy/certs/server.key", "./deploy/certs/supernode-2.pub"} <= needed
+    assert [path for path in sorted(needed) if not (tmp_path / path).exists()] == []
+
+    # Each node's mounted private key belongs to a public key that gets registered.
+    register = services["register-supernodes"]
+    registered = {host_path(register, arg) for arg in register["command"]}
+    for name, service in services.items():
+        if name.startswith("supernode-"):
+            command = service["command"]
+            private = host_path(service, option(command, "--auth-supernode-private-key"))
+            assert f"{private}.pub" in registered
+            key = serialization.load_ssh_private_key((tmp_path / private).read_bytes(), None)
+            public = serialization.load_ssh_public_key((tmp_path / f"{private}.pub").read_bytes())
+            assert key.public_key() == public
+
+    # The SuperLink's certificate is the CA's, and valid for every name it is dialled by:
+    # the compose service name from the containers, 127.0.0.1 from the host.
+    certs = tmp_path / "deploy/certs"
+    ca = x509.load_pem_x509_certificate((certs / "ca.crt").read_bytes())
+    server = x509.load_pem_x509_certificate((certs / "server.pem").read_bytes())
+    server.verify_directly_issued_by(ca)
+    server_key = serialization.load_pem_private_key((certs / "server.key").read_bytes(), None)
+    assert server_key.public_key() == server.public_key()
+    alternative = server.extensions.get_extension_for_class(x509.SubjectAlternativeName).value
+    link_host = option(services["supernode-0"]["command"], "--superlink").split(":")[0]
+    assert link_host in alternative.get_values_for_type(x509.DNSName)
+    assert ipaddress.ip_address("127.0.0.1") in alternative.get_values_for_type(x509.IPAddress)
+
+    # The README's `flwr run . gcfl-deploy` from the host reaches the published port with the CA.
+    host_config = tomllib.loads((tmp_path / "deploy/host-flwr-home/config.toml").read_text())
+    connection = host_config["superlink"]["gcfl-deploy"]
+    published = services["superlink"]["ports"][0].split(":")[0]
+    assert connection["address"] == f"127.0.0.1:{published}"
+    assert Path(connection["root-certificates"]).resolve() == (certs / "ca.crt").resolve()
 
 
 @pytest.mark.integration

@@ -6,6 +6,7 @@ are left behind.
 
 import contextlib
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -210,28 +211,84 @@ def rounds_in(path):
         return 0
 
 
+# Imported by every Python process of the victim's run (through PYTHONPATH,
+# which Flower hands on to its Ray actors): each fit of round
+# GCFL_TEST_HOLD_ROUND leaves a file, then waits to be killed, so that the kill
+# lands mid-round whatever the machine's speed.
+HOLD_FITS_HOOK = """
+import importlib.machinery
+import os
+import pathlib
+import sys
+import time
+
+
+class HoldFits:
+    def find_spec(self, name, path, target=None):
+        if name != "gcfl.client.client":
+            return None
+        spec = importlib.machinery.PathFinder.find_spec(name, path)
+        execute = spec.loader.exec_module
+
+        def exec_module(module):
+            execute(module)
+            fit = module.GcflClient.fit
+
+            def held_fit(self, parameters, config):
+                if int(config["server-round"]) == int(os.environ["GCFL_TEST_HOLD_ROUND"]):
+                    marks = pathlib.Path(os.environ["GCFL_TEST_HOLD_MARKS"])
+                    (marks / f"fit-{self.partition_id}").touch()
+                    time.sleep(3600)
+                return fit(self, parameters, config)
+
+            module.GcflClient.fit = held_fit
+
+        spec.loader.exec_module = exec_module
+        return spec
+
+
+sys.meta_path.insert(0, HoldFits())
+"""
+
+
 def test_sigkilled_run_resumes_exactly(tmp_path, no_leftover_processes):
-    # Rounds take well under a second: many of them, so that the kill, issued
-    # as soon as round 2 is on disk, lands long before the run could finish.
-    rounds = 10
+    rounds = 5
     args = ["--rounds", str(rounds), "--clients", "6", "--fraction-fit", "0.5", "--seed", "5"]
     reference = gcfl_run(*args, "--out", str(tmp_path / "whole"))
     assert reference.returncode == 0, reference.stderr
 
+    # Killed mid-round, the harder case: round 2 is on disk, round 3's fits have begun.
+    hook, marks = tmp_path / "hook", tmp_path / "round-3-fits"
+    hook.mkdir()
+    marks.mkdir()
+    (hook / "sitecustomize.py").write_text(HOLD_FITS_HOOK)
+    env = {
+        **os.environ,
+        "PYTHONPATH": os.pathsep.join(filter(None, [str(hook), os.environ.get("PYTHONPATH")])),
+        "GCFL_TEST_HOLD_ROUND": "3",
+        "GCFL_TEST_HOLD_MARKS": str(marks),
+    }
     victim_dir = tmp_path / "killed"
-    victim = subprocess.Popen(
-        [sys.executable, "-m", "gcfl.cli", "run", *args, "--out", str(victim_dir)],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    deadline = time.monotonic() + 600
-    while rounds_in(victim_dir) < 2 and time.monotonic() < deadline:
-        time.sleep(0.02)
-    time.sleep(0.2)  # into round 3, most likely: mid-round is the harder case
-    kill_tree(victim.pid)
-    victim.wait(timeout=30)
-    done = rounds_in(victim_dir)
-    assert 2 <= done < rounds
+    victim_log = tmp_path / "victim.txt"
+    with open(victim_log, "w") as output:  # a file: a pipe nobody reads can stall the run
+        victim = subprocess.Popen(
+            [sys.executable, "-m", "gcfl.cli", "run", *args, "--out", str(victim_dir)],
+            stdout=output,
+            stderr=subprocess.STDOUT,
+            env=env,
+        )
+    try:
+        deadline = time.monotonic() + 600
+        while not any(marks.iterdir()):
+            assert victim.poll() is None, (
+                "the run ended before round 3's fits began:\n" + (victim_log.read_text()[-3000:])
+            )
+            assert time.monotonic() < deadline, "round 3's fits did not begin within 600 s"
+            time.sleep(0.05)
+    finally:
+        kill_tree(victim.pid)
+        victim.wait(timeout=30)
+    assert rounds_in(victim_dir) == 2
 
     resumed = gcfl_run(*args, "--set", "resume=true", "--out", str(victim_dir))
     assert resumed.returncode == 0, resumed.stderr
