@@ -15,7 +15,7 @@ from typing import Any
 from gcfl.compare.plan import DEFAULT_STRATEGIES, ENGINES
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
 from gcfl.data import DatasetError
-from gcfl.simulation.progress import PROGRESS_LINE
+from gcfl.simulation.progress import parse_progress_line
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30
@@ -77,15 +77,22 @@ def build_run_config(args: argparse.Namespace) -> dict[str, Any]:
     return run_config
 
 
+def _metric(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4f}"
+
+
 def _print_progress(line: str, total_rounds: int) -> None:
-    match = PROGRESS_LINE.search(line)
-    if match:
-        round_, loss, accuracy = match.groups()
-        print(
-            f"round {int(round_):>3}/{total_rounds}  accuracy {float(accuracy):.4f}  "
-            f"loss {float(loss):.4f}",
-            flush=True,
-        )
+    event = parse_progress_line(line)
+    if event is None:
+        return
+    text = (
+        f"round {event['round']:>3}/{event.get('rounds', total_rounds)}  "
+        f"accuracy {_metric(event.get('accuracy'))}  loss {_metric(event.get('loss'))}"
+    )
+    # Federated evaluation is optional (and off for some strategies): show it only when run.
+    if event.get("federated_accuracy") is not None:
+        text += f"  federated {_metric(event.get('federated_accuracy'))}"
+    print(text, flush=True)
 
 
 def _line_printer(verbose: bool, total_rounds: int) -> Callable[[str], None]:

@@ -291,7 +291,8 @@ def test_run_comparison_runs_each_grid_point_at_its_lr(monkeypatch, tmp_path):
 
     def fake_simulate(config, num_clients, on_line):
         asked.append((config["strategy"], config.get("fedavg-lr"), config["out-dir"]))
-        on_line("INFO :      fit progress: (1, 0.69, {'accuracy': 0.5}, 3.1)")
+        on_line("INFO :      fit progress: (1, 0.69, {'accuracy': 0.5, 'f1': 0.4}, 3.1)")
+        on_line('INFO :      gcfl-progress {"round":1,"rounds":2,"accuracy":0.5,"loss":0.69}')
         accuracy = finals.get(config.get("fedavg-lr"), 0.3)
         results = run(config["strategy"], 0, [accuracy], clients=num_clients)
         return SimpleNamespace(results=results, seconds=2.0, run_id=1)
@@ -317,7 +318,8 @@ def test_run_comparison_runs_each_grid_point_at_its_lr(monkeypatch, tmp_path):
     ]
     assert [a[:2] for a in asked[2:]] == [("fedavg", 1e-5), ("fedavg", 1e-3), ("fedavg", 0.1)]
     assert asked[1][:2] == ("fedavg", None)
-    assert ("fedavg@0.001", 0, 1, 2) in rounds  # progress read from Flower's line
+    assert ("fedavg@0.001", 0, 1, 2) in rounds  # progress read from gcfl's event line
+    assert rounds.count(("fedavg@0.001", 0, 1, 2)) == 1  # not from Flower's own line
     assert json.loads((compare.out_dir / "results.json").read_text())["runs"][-1]["strategy"] == (
         "centralized"
     )
@@ -388,10 +390,10 @@ def test_compare_package_imports_nothing_from_the_cli():
                 assert all(not a.name.startswith("gcfl.cli") for a in node.names), source
 
 
-def test_progress_line_lives_in_the_simulation_package():
+def test_progress_parsing_lives_in_the_simulation_package():
     import gcfl.cli
-    from gcfl.simulation.progress import PROGRESS_LINE
+    import gcfl.compare.runner
+    from gcfl.simulation.progress import parse_progress_line
 
-    assert gcfl.cli.PROGRESS_LINE is PROGRESS_LINE
-    match = PROGRESS_LINE.search("INFO :      fit progress: (3, 0.617, {'accuracy': 0.81}, 25.3)")
-    assert match is not None and match.groups() == ("3", "0.617", "0.81")
+    assert gcfl.cli.parse_progress_line is parse_progress_line
+    assert gcfl.compare.runner.parse_progress_line is parse_progress_line

@@ -1,8 +1,9 @@
 """Hostile clients through the real Flower simulation: no one node can crash, stall or steer.
 
-Each run is 9 digits clients for 5 rounds (default local epochs) in which up to three nodes misbehave
-(gcfl.testing.hostile), each breaking one part of the contract; cases that
-share a run cannot interfere, since each is refused on its own ground. Every
+Each run is 9 digits clients for 5 rounds (default local epochs) in which up
+to three nodes misbehave (gcfl.testing.hostile), each breaking one part of the
+contract; cases that share a run cannot interfere, since each is refused on
+its own ground. Every
 run is compared with the same run of honest nodes. Both inits: ``random`` (the
 server assigns every pair) and ``search`` (clients pick from the grid sent).
 """

@@ -21,7 +21,7 @@ from gcfl.compare.plan import TUNED, ComparePlan
 from gcfl.config import GcflConfig, parse_run_config
 from gcfl.report.tables import oracle_info, with_oracle
 from gcfl.server.results import package_versions, write_json_atomic
-from gcfl.simulation.progress import PROGRESS_LINE
+from gcfl.simulation.progress import parse_progress_line
 
 ProgressCallback = Callable[[str, int, int, int], None]  # run name, repeat, round, rounds
 
@@ -35,9 +35,9 @@ def _simulate_job(
     rounds = parse_run_config(config).num_server_rounds
 
     def on_line(line: str) -> None:
-        match = PROGRESS_LINE.search(line)
-        if match:
-            on_round(name, repeat, int(match.group(1)), rounds)
+        event = parse_progress_line(line)
+        if event is not None:
+            on_round(name, repeat, event["round"], rounds)
 
     result = simulate(config, plan.num_clients, on_line=on_line)
     return {**result.results, "wall_seconds": round(result.seconds, 2), "run_id": result.run_id}
@@ -68,24 +68,16 @@ def _centralized_job(
 def _inprocess_job(
     plan: ComparePlan, name: str, repeat: int, on_round: ProgressCallback
 ) -> dict[str, Any]:
-    import logging
-
     from gcfl.simulation.inprocess import run_in_process
 
     config = plan.config_for(name, repeat)
     rounds = parse_run_config(config).num_server_rounds
-
-    class RoundProgress(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            match = PROGRESS_LINE.search(record.getMessage())
-            if match:
-                on_round(name, repeat, int(match.group(1)), rounds)
-
-    flower_logger = logging.getLogger("flwr")
-    flower_logger.setLevel(logging.INFO)
-    flower_logger.addHandler(RoundProgress())
     started = time.perf_counter()
-    results = run_in_process(config, plan.num_clients)
+    results = run_in_process(
+        config,
+        plan.num_clients,
+        on_round=lambda event: on_round(name, repeat, event["round"], rounds),
+    )
     return {**results, "wall_seconds": round(time.perf_counter() - started, 2)}
 
 

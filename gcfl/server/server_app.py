@@ -6,9 +6,12 @@ resuming) and then ``results.json`` (the report, rebuilt from the same data).
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Callable
 from typing import Any
 
 from flwr.common import Context, NDArrays, ndarrays_to_parameters
+from flwr.common.logger import log
 from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
 
@@ -23,7 +26,9 @@ from gcfl.server.checkpoint import (
 from gcfl.server.evaluation import CentralEvaluator
 from gcfl.server.grid import PromptGrid
 from gcfl.server.results import MODEL_FILE, RunRecorder, package_versions, resolve_out_dir
+from gcfl.simulation.progress import progress_event, progress_line
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
+from gcfl.strategy.record import RoundRecord
 
 # Keys a resumed run may change; any other difference means a different experiment.
 RESUMABLE_CHANGES = frozenset({"num-server-rounds", "resume", "probe-timeout", "round-timeout"})
@@ -42,8 +47,14 @@ def check_resumable(config: GcflConfig, saved: dict[str, Any]) -> None:
         )
 
 
-def server_fn(context: Context) -> ServerAppComponents:
-    """Build the strategy, its evaluation, checkpoints and results for this run."""
+def server_fn(
+    context: Context, on_round: Callable[[dict[str, Any]], None] | None = None
+) -> ServerAppComponents:
+    """Build the strategy, its evaluation, checkpoints and results for this run.
+
+    After each round's checkpoint and results, a progress event goes to Flower's
+    log (which ``flwr run --stream`` carries) and to ``on_round`` if given.
+    """
     config = parse_run_config(context.run_config)
     out_dir = resolve_out_dir(config, context.run_id)
     evaluator = CentralEvaluator(config)
@@ -61,7 +72,8 @@ def server_fn(context: Context) -> ServerAppComponents:
         recorder.payload["rounds"] = list(restored["rounds"])
     strategy: GeneticClusteredFedAvg
 
-    def on_round_end(record: dict[str, Any], weights: NDArrays) -> None:
+    def on_round_end(round_record: RoundRecord, weights: NDArrays) -> None:
+        record = round_record.to_dict()
         rounds = [*recorder.payload["rounds"], record]
         save_checkpoint(
             out_dir / CHECKPOINT_FILE,
@@ -76,6 +88,11 @@ def server_fn(context: Context) -> ServerAppComponents:
         recorder.add_round(record)
         if record["round"] == config.num_server_rounds:
             evaluator.save(weights, out_dir / MODEL_FILE)
+        # Last, so a reader never sees a round that the files do not yet hold.
+        event = progress_event(record, config.num_server_rounds)
+        log(logging.INFO, progress_line(event))
+        if on_round is not None:
+            on_round(dict(event))
 
     strategy = GeneticClusteredFedAvg(
         config=config,
@@ -89,7 +106,12 @@ def server_fn(context: Context) -> ServerAppComponents:
     if restored is not None:
         strategy.restore(restored["strategy"], load_previous_weights(out_dir / CHECKPOINT_FILE))
         remaining -= strategy.completed_rounds
-    return ServerAppComponents(strategy=strategy, config=ServerConfig(num_rounds=remaining))
+    # Flower's server passes round_timeout to every fit and evaluate message as its TTL;
+    # gcfl's Grid counts it from the round's first message and names who missed it.
+    return ServerAppComponents(
+        strategy=strategy,
+        config=ServerConfig(num_rounds=remaining, round_timeout=config.round_timeout),
+    )
 
 
 app = ServerApp()

@@ -98,12 +98,18 @@ class InProcessNode(ClientProxy):
         return DisconnectRes(reason="")
 
 
-def run_in_process(run_config: dict[str, Any], num_clients: int, run_id: int = 1) -> dict[str, Any]:
+def run_in_process(
+    run_config: dict[str, Any],
+    num_clients: int,
+    run_id: int = 1,
+    on_round: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
     """Run one federation of ``num_clients`` nodes here; return its results.json payload.
 
     ``run_config`` holds overrides of the defaults and must set an absolute
     ``out-dir``, where results.json and the checkpoint are written as by
-    ``gcfl run``.
+    ``gcfl run``. ``on_round`` gets each finished round's progress event
+    (:mod:`gcfl.simulation.progress`).
     """
     config = parse_run_config(run_config)
     if not config.out_dir:
@@ -115,6 +121,7 @@ def run_in_process(run_config: dict[str, Any], num_clients: int, run_id: int = 1
     full_config = {**default_run_config(), **run_config}
     components = server_fn(
         Context(run_id, 0, {}, RecordDict(), full_config),
+        on_round=on_round,
     )
     manager = SimpleClientManager()
     for partition in range(num_clients):
