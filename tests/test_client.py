@@ -25,6 +25,14 @@ from gcfl.model import (
     make_training_reproducible,
     reset_optimizer,
 )
+from gcfl.protocol import (
+    EvaluateReport,
+    FitInstruction,
+    FitReport,
+    NodeInfo,
+    ProtocolError,
+    evaluate_config,
+)
 from gcfl.simulation.superlink import tool_environment
 
 
@@ -212,11 +220,13 @@ def test_fit_reports_what_it_trained_with():
     client, _ = digits_client()
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
-    weights, count, metrics = client.fit(start, {"server-round": 1, "lr": 4e-4, "batch-size": 24})
-    assert metrics["client-id"] == 2 and metrics["status"] == "ok"
-    assert metrics["lr"] == pytest.approx(4e-4, rel=1e-6)
-    assert metrics["batch-size"] == 24
-    assert math.isfinite(metrics["val-loss"]) and 0 <= metrics["val-accuracy"] <= 1
+    instruction = FitInstruction(server_round=1, lr=4e-4, batch_size=24)
+    weights, count, metrics = client.fit(start, instruction.to_config())
+    report = FitReport.from_metrics(metrics)
+    assert report.client_id == 2 and report.status == "ok"
+    assert report.lr == pytest.approx(4e-4, rel=1e-6)
+    assert report.batch_size == 24
+    assert math.isfinite(report.val_loss) and 0 <= report.val_accuracy <= 1
     data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
     assert count == len(data.x_train)
     assert any(not np.array_equal(a, b) for a, b in zip(weights, start, strict=True))
@@ -226,19 +236,47 @@ def test_diverged_fit_returns_no_weights():
     client, _ = digits_client()
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
-    weights, count, metrics = client.fit(start, {"server-round": 1, "lr": 50.0, "batch-size": 16})
-    assert metrics["status"] == "diverged"
+    instruction = FitInstruction(server_round=1, lr=50.0, batch_size=16)
+    weights, count, metrics = client.fit(start, instruction.to_config())
+    assert FitReport.from_metrics(metrics).status == "diverged"
     assert (weights, count) == ([], 0)
 
 
-def test_search_init_keeps_the_best_of_three_lrs_and_two_batch_sizes():
-    client, config = digits_client(init="search")
+def test_search_init_keeps_the_best_pair_of_the_grids_the_server_sent():
+    client, _ = digits_client(init="search")
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
-    _, _, metrics = client.fit(start, {"server-round": 1, "search": True})
-    assert any(math.isclose(metrics["lr"], lr, rel_tol=1e-6) for lr in config.lr_grid_values)
-    assert metrics["batch-size"] in config.batch_grid_values
-    assert metrics["status"] == "ok"
+    # Grids other than the run config's: the client searches what it was sent.
+    grids = FitInstruction(1, lr_grid=(3e-3, 2e-3, 5e-4, 7e-4), batch_grid=(20, 40))
+    _, _, metrics = client.fit(start, grids.to_config())
+    report = FitReport.from_metrics(metrics)
+    assert any(math.isclose(report.lr, lr, rel_tol=1e-6) for lr in grids.lr_grid)
+    assert report.batch_size in grids.batch_grid
+    assert report.status == "ok"
+
+
+def test_a_fit_instruction_without_the_protocol_version_is_refused():
+    client, _ = digits_client()
+    with pytest.raises(ProtocolError, match="gcfl-protocol"):
+        client.fit([], {"server-round": 1, "lr": 1e-3, "batch-size": 16})
+
+
+def test_evaluate_scores_the_global_model_on_the_clients_validation_split():
+    client, _ = digits_client()
+    dataset = load_dataset("digits", "", 42)
+    start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
+    loss, count, metrics = client.evaluate(start, evaluate_config(1))
+    report = EvaluateReport.from_reply(loss, metrics)
+    data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
+    assert count == len(data.x_val) and report.client_id == 2
+    assert math.isfinite(loss) and 0.0 <= report.accuracy <= 1.0
+
+
+def test_properties_say_how_many_examples_the_node_holds():
+    client, _ = digits_client()
+    info = NodeInfo.from_properties(client.get_properties({}))
+    data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
+    assert (info.partition_id, info.num_partitions, info.num_examples) == (2, 10, len(data.x_train))
 
 
 PROPERTIES_PROBE = """
