@@ -4,6 +4,7 @@ import time
 from types import SimpleNamespace
 
 import pytest
+from flwr.common.constant import ErrorCode
 
 from gcfl.server.grid import NoReplyError, PromptGrid
 
@@ -16,6 +17,7 @@ class ScriptedGrid:
         self.pulls = 0
         self.run = "the run"
         self.errors: dict[str, str] = {}
+        self.codes: dict[str, int] = {}
 
     def push_messages(self, messages):
         return [message.id for message in messages]
@@ -26,7 +28,7 @@ class ScriptedGrid:
             SimpleNamespace(
                 metadata=SimpleNamespace(reply_to_message_id=mid),
                 has_error=lambda mid=mid: mid in self.errors,
-                error=SimpleNamespace(reason=self.errors.get(mid, "")),
+                error=SimpleNamespace(reason=self.errors.get(mid, ""), code=self.codes.get(mid, 0)),
             )
             for mid in sorted(message_ids)
             if self.pulls >= self.pulls_until_reply[mid]
@@ -93,3 +95,13 @@ def test_the_deadline_counts_from_the_rounds_first_message():
     with pytest.raises(NoReplyError):
         grid.send_and_receive(_messages("b", ttl=0.3, group="5"))
     assert time.monotonic() - started < 0.1
+
+
+def test_a_message_the_superlink_expired_is_named_as_timed_out():
+    inner = ScriptedGrid({"a": 1})
+    inner.errors["a"] = "Error: Message Unavailable - ... It may have expired due to its TTL"
+    inner.codes["a"] = ErrorCode.MESSAGE_UNAVAILABLE
+    grid = PromptGrid(inner, pull_interval_s=0.001)
+    with pytest.raises(NoReplyError) as raised:
+        grid.send_and_receive(_messages("a", ttl=20.0, node=9))
+    assert raised.value.outcome == "timed-out" and "TTL" in raised.value.reason

@@ -16,12 +16,14 @@ from collections.abc import Iterable
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
+from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
 
 PULL_INTERVAL_S = 0.1
+EXPIRED = frozenset({ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE})
 MAX_REASON = 300  # characters of a client's error kept in the round's record
 MAX_GROUPS_KEPT = 16  # rounds' start times remembered: a round's messages all go out together
 
@@ -37,7 +39,14 @@ class NoReplyError(Exception):
 def _raise_unless_answered(message: Message, replies: list[Message], waited: float) -> None:
     node_id = message.metadata.dst_node_id
     if not replies:
-        raise NoReplyError(node_id, "timed-out", f"no reply within {waited:.4g} s")
+        raise NoReplyError(
+            node_id, "timed-out", f"no reply within the round's deadline ({waited:.4g} s)"
+        )
+    # The SuperLink answers for a message whose TTL (the round timeout) ran out.
+    if replies[0].has_error() and replies[0].error.code in EXPIRED:
+        raise NoReplyError(
+            node_id, "timed-out", "no reply within the round's deadline (its TTL ran out)"
+        )
     if replies[0].has_error():
         # Flower's reason can hold a whole remote traceback; its last line names the error.
         lines = [line for line in str(replies[0].error.reason).splitlines() if line.strip()]
