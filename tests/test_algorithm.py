@@ -63,8 +63,9 @@ def genetic_settings(space: SearchSpace = SPACE, **overrides: Any) -> GeneticSet
 def test_pure_modules_import_neither_flower_nor_tensorflow():
     code = (
         "import sys; import gcfl.strategy.population, gcfl.strategy.aggregation, "
-        "gcfl.strategy.rollback, gcfl.strategy.fitness, "
-        "gcfl.strategy.sampling, gcfl.config; "
+        "gcfl.strategy.rollback, gcfl.strategy.fitness, gcfl.strategy.sampling, "
+        "gcfl.strategy.judge, gcfl.strategy.record, gcfl.strategy.coordinator, "
+        "gcfl.protocol, gcfl.config; "
         "bad = [m for m in ('flwr', 'tensorflow', 'keras') if m in sys.modules]; "
         "assert not bad, bad"
     )

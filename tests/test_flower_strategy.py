@@ -112,8 +112,8 @@ def one_round(adapter, manager, replies, failures=(), server_round=1):
 
 def test_state_is_keyed_by_partition_id_not_node_id():
     adapter, _ = start(nodes=6)
-    assert sorted(adapter.nodes) == list(range(6))
-    for partition_id, proxy in adapter.nodes.items():
+    assert sorted(adapter.federation.nodes) == list(range(6))
+    for partition_id, (proxy, _) in adapter.federation.nodes.items():
         assert proxy.partition_id == partition_id
 
 
@@ -160,7 +160,7 @@ def test_aggregation_is_weighted_and_bad_clients_are_refused_alone():
             return None  # 4 fails unattributed, 5 misses the deadline (gcfl's Grid names it)
         return fit_res(proxy, partition, ins, value=1.0 + 2 * partition)
 
-    node_5 = int(adapter.nodes[5].cid)
+    node_5 = int(adapter.federation.proxy(5).cid)
     failures = [RuntimeError("lost"), NoReplyError(node_5, "timed-out", "no reply within 20 s")]
     parameters, metrics = one_round(adapter, manager, replies, failures)
     weights = parameters_to_ndarrays(parameters)
@@ -188,8 +188,13 @@ def test_aggregation_is_weighted_and_bad_clients_are_refused_alone():
 
 
 def test_accept_failures_off_keeps_the_global_model_when_a_client_failed():
-    adapter, manager = start({}, nodes=4)
-    adapter.accept_failures = False
+    manager = federation(4)
+    adapter = GeneticClusteredFedAvg(
+        config=parse_run_config({"probe-timeout": 5.0}),
+        initial_parameters=ndarrays_to_parameters(GLOBAL),
+        accept_failures=False,
+    )
+    adapter.initialize_parameters(manager)
 
     def replies(proxy, partition, ins):
         return None if partition == 0 else fit_res(proxy, partition, ins)

@@ -59,15 +59,20 @@ class NoReply:
     reason: str
 
 
-class StateMismatchError(RuntimeError):
-    """A checkpoint that does not fit this federation."""
+class StrategySetupError(RuntimeError):
+    """The federation cannot run this configuration (too few SuperNodes, duplicate ids...)."""
 
 
 class Coordinator:
     """Every round's decisions for the clients ``capacity`` names (partition id -> examples)."""
 
-    def __init__(self, config: GcflConfig, capacity: Mapping[int, int]) -> None:
+    def __init__(
+        self, config: GcflConfig, capacity: Mapping[int, int], accept_failures: bool = True
+    ) -> None:
         self.config = config
+        # As Flower's FedAvg: off, a round in which any client failed, timed out or
+        # was refused keeps the global model (the hyperparameters still evolve).
+        self.accept_failures = accept_failures
         self.capacity = dict(sorted(capacity.items()))
         # Separate streams: gcfl and fedavg runs with one seed sample the same clients,
         # and federated evaluation never shifts which clients train.
@@ -156,7 +161,8 @@ class Coordinator:
             )
             return restored
         record.accepted = len(accepted)
-        if len(accepted) < self.config.min_fit_clients:
+        failures = any(v.outcome in ("refused", "failed", "timed-out") for v in verdicts.values())
+        if len(accepted) < self.config.min_fit_clients or (failures and not self.accept_failures):
             record.status = "failed"
             return None
         self.previous_weights = self._global_weights
@@ -233,7 +239,7 @@ class Coordinator:
         """Continue from what :meth:`state` returned; replaces the policy's random init."""
         clients = states_from_dict(state["clients"])
         if sorted(clients) != sorted(self.capacity):
-            raise StateMismatchError(
+            raise StrategySetupError(
                 f"the checkpoint holds clients {sorted(clients)}, but the federation has "
                 f"{sorted(self.capacity)}; resume with the same number of SuperNodes"
             )

@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass, field
 from logging import WARNING
+from typing import Any
 
 from flwr.common import GetPropertiesIns
 from flwr.common.logger import log
@@ -12,15 +14,51 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.protocol import NodeInfo, ProtocolError
+from gcfl.server.grid import NoReplyError
+from gcfl.strategy.coordinator import NoReply, StrategySetupError
 
 
-class StrategySetupError(RuntimeError):
-    """The federation cannot run this configuration (too few SuperNodes, duplicate ids...)."""
+@dataclass
+class Federation:
+    """The nodes by partition id, and the way back from Flower's node ids."""
+
+    nodes: dict[int, tuple[ClientProxy, NodeInfo]]
+    partition_of: dict[str, int] = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.partition_of = {proxy.cid: cid for cid, (proxy, _) in self.nodes.items()}
+
+    def proxy(self, partition_id: int) -> ClientProxy:
+        return self.nodes[partition_id][0]
+
+    @property
+    def capacity(self) -> dict[int, int]:
+        """Training examples each node said it holds."""
+        return {cid: info.num_examples for cid, (_, info) in self.nodes.items()}
+
+    def replies(self, results: list[tuple[ClientProxy, Any]]) -> dict[int, Any]:
+        """Replies keyed by partition id; any from an unknown node is dropped."""
+        return {self.partition_of[p.cid]: res for p, res in results if p.cid in self.partition_of}
+
+    def failures(self, failures: list[Any]) -> dict[int, NoReply]:
+        """Failures attributed to a node (by gcfl's Grid, or a reply's status), by partition."""
+        attributed: dict[int, NoReply] = {}
+        for failure in failures:
+            if isinstance(failure, NoReplyError):
+                node, no_reply = str(failure.node_id), NoReply(failure.outcome, failure.reason)
+            elif isinstance(failure, tuple):
+                node = failure[0].cid
+                no_reply = NoReply("failed", f"status {failure[1].status.message!r}")
+            else:
+                node, no_reply = "", NoReply("failed", str(failure))
+            if node in self.partition_of:
+                attributed[self.partition_of[node]] = no_reply
+            else:
+                log(WARNING, "gcfl: a client failed: %s", failure)
+        return attributed
 
 
-def discover_partitions(
-    client_manager: ClientManager, timeout: float
-) -> dict[int, tuple[ClientProxy, NodeInfo]]:
+def discover_partitions(client_manager: ClientManager, timeout: float) -> Federation:
     """Ask every node for its :class:`NodeInfo` until all ``num-partitions`` have answered.
 
     Raises :class:`StrategySetupError` on duplicate ids, disagreeing counts, or
@@ -53,7 +91,7 @@ def discover_partitions(
                 expected = info.num_partitions
                 nodes[info.partition_id] = (proxy, info)
             if expected is not None and len(nodes) >= expected:
-                return dict(sorted(nodes.items()))
+                return Federation(dict(sorted(nodes.items())))
             if time.monotonic() > deadline:
                 raise StrategySetupError(
                     f"only {len(nodes)} of {expected if expected else '?'} SuperNodes "

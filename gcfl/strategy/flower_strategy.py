@@ -9,7 +9,7 @@ aggregate, the record) is :class:`~gcfl.strategy.coordinator.Coordinator`'s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from logging import INFO, WARNING
+from logging import INFO
 from typing import Any
 
 from flwr.common import (
@@ -30,9 +30,8 @@ from flwr.server.strategy import FedAvg
 
 from gcfl.config import GcflConfig
 from gcfl.protocol import evaluate_config
-from gcfl.server.grid import NoReplyError
-from gcfl.strategy.coordinator import Coordinator, FitReply, NoReply, StateMismatchError
-from gcfl.strategy.discovery import StrategySetupError, discover_partitions
+from gcfl.strategy.coordinator import Coordinator, FitReply, NoReply, StrategySetupError
+from gcfl.strategy.discovery import Federation, discover_partitions
 from gcfl.strategy.record import RoundRecord
 from gcfl.strategy.sampling import check_federation_size
 
@@ -50,8 +49,7 @@ class GeneticClusteredFedAvg(FedAvg):
     every run. ``on_round_end`` receives each finished round's record and
     global weights once the round's last evaluation is in (the server-side one,
     or the federated one when ``fraction-evaluate`` > 0). ``accept_failures``
-    as in FedAvg: False keeps the global model in any round where a client
-    failed, timed out or was refused; the hyperparameters still evolve.
+    as in FedAvg (see :class:`Coordinator`).
     """
 
     def __init__(
@@ -74,7 +72,7 @@ class GeneticClusteredFedAvg(FedAvg):
         )
         self.config = config
         self.on_round_end = on_round_end
-        self.nodes: dict[int, ClientProxy] = {}
+        self.federation = Federation({})
         self.coordinator: Coordinator | None = None
         # Flower counts each run's rounds from 1; a resumed run continues after the
         # checkpoint's rounds, so its round r is round r + round_offset.
@@ -88,18 +86,13 @@ class GeneticClusteredFedAvg(FedAvg):
 
     def initialize_parameters(self, client_manager: ClientManager) -> Parameters | None:
         """Learn every node's partition id and size, check the federation is big enough."""
-        found = discover_partitions(client_manager, self.config.probe_timeout)
-        check_federation_size(self.config, len(found))
-        self.nodes = {cid: proxy for cid, (proxy, _) in found.items()}
-        self.coordinator = Coordinator(
-            self.config, {cid: info.num_examples for cid, (_, info) in found.items()}
-        )
+        self.federation = discover_partitions(client_manager, self.config.probe_timeout)
+        count = len(self.federation.nodes)
+        check_federation_size(self.config, count)
+        self.coordinator = Coordinator(self.config, self.federation.capacity, self.accept_failures)
         if self._restored is not None:
-            try:
-                self.coordinator.restore(*self._restored)
-            except StateMismatchError as error:
-                raise StrategySetupError(str(error)) from None
-        log(INFO, "gcfl: %d clients (partition ids 0..%d)", len(found), len(found) - 1)
+            self.coordinator.restore(*self._restored)
+        log(INFO, "gcfl: %d clients (partition ids 0..%d)", count, count - 1)
         return self.initial_parameters
 
     def restore(self, state: dict[str, Any], previous_weights: NDArrays | None = None) -> None:
@@ -128,7 +121,8 @@ class GeneticClusteredFedAvg(FedAvg):
         instructions = self.coordinator.start_fit(server_round + self.round_offset, self._weights)
         # A new FitIns (and config dict) per client: a shared one would give
         # every client the last client's hyperparameters.
-        return [(self.nodes[c], FitIns(parameters, i.to_config())) for c, i in instructions.items()]
+        proxy = self.federation.proxy
+        return [(proxy(c), FitIns(parameters, i.to_config())) for c, i in instructions.items()]
 
     def aggregate_fit(
         self,
@@ -138,17 +132,13 @@ class GeneticClusteredFedAvg(FedAvg):
     ) -> tuple[Parameters | None, dict[str, Scalar]]:
         """Judge every reply, evolve the hyperparameters and make the new global model."""
         assert self.coordinator is not None
-        replies: dict[int, FitReply | NoReply] = self._no_replies(failures)
-        for cid, res in self._by_partition(results).items():
+        replies: dict[int, FitReply | NoReply] = dict(self.federation.failures(failures))
+        for cid, res in self.federation.replies(results).items():
             weights = parameters_to_ndarrays(res.parameters)
             replies[cid] = FitReply(res.metrics, res.num_examples, weights)
         weights = self.coordinator.finish_fit(replies)
         record = self.coordinator.round
         assert record is not None
-        failed = any(c.status in ("refused", "failed", "timed-out") for c in record.clients)
-        if record.status == "ok" and failed and not self.accept_failures:
-            log(WARNING, "gcfl: round %d had failures and accept_failures is off", record.round)
-            weights, record.status = None, "failed"
         if weights is not None:
             self._weights = weights
         log(INFO, "gcfl: round %d: %s, %d accepted", record.round, record.status, record.accepted)
@@ -162,7 +152,7 @@ class GeneticClusteredFedAvg(FedAvg):
             return []
         config = evaluate_config(server_round + self.round_offset)
         chosen = self.coordinator.evaluation_sample()
-        return [(self.nodes[cid], EvaluateIns(parameters, dict(config))) for cid in chosen]
+        return [(self.federation.proxy(c), EvaluateIns(parameters, dict(config))) for c in chosen]
 
     def aggregate_evaluate(
         self,
@@ -172,8 +162,8 @@ class GeneticClusteredFedAvg(FedAvg):
     ) -> tuple[float | None, dict[str, Scalar]]:
         """The clients' weighted loss and accuracy of the global model; the round closes."""
         assert self.coordinator is not None
-        replies: dict[int, Any] = self._no_replies(failures)
-        for cid, res in self._by_partition(results).items():
+        replies: dict[int, Any] = dict(self.federation.failures(failures))
+        for cid, res in self.federation.replies(results).items():
             replies[cid] = (res.loss, res.metrics, res.num_examples)
         result = self.coordinator.finish_evaluation(replies)
         self._close_round()
@@ -182,8 +172,7 @@ class GeneticClusteredFedAvg(FedAvg):
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
-        """Evaluate the global model on the server's test set; close the round unless
-        federated evaluation follows."""
+        """The server's test-set evaluation; the round closes here unless clients evaluate."""
         result = super().evaluate(server_round, parameters)
         if server_round > 0 and self.coordinator and self.coordinator.round is not None:
             loss, metrics = result if result is not None else (None, {})
@@ -198,23 +187,3 @@ class GeneticClusteredFedAvg(FedAvg):
         self._central = (None, None)
         if self.on_round_end is not None:
             self.on_round_end(record, self._weights)
-
-    def _by_partition(self, results: list[tuple[ClientProxy, Any]]) -> dict[int, Any]:
-        """Replies keyed by partition id; one from a node the round did not sample is dropped."""
-        partition_of = {proxy.cid: cid for cid, proxy in self.nodes.items()}
-        return {partition_of[p.cid]: res for p, res in results if p.cid in partition_of}
-
-    def _no_replies(self, failures: Failures) -> dict[int, Any]:
-        """Failures Flower could attribute (through gcfl's Grid) to a node, by partition id."""
-        partition_of = {proxy.cid: cid for cid, proxy in self.nodes.items()}
-        attributed: dict[int, Any] = {}
-        for failure in failures:
-            if isinstance(failure, NoReplyError) and str(failure.node_id) in partition_of:
-                no_reply = NoReply(failure.outcome, failure.reason)
-                attributed[partition_of[str(failure.node_id)]] = no_reply
-            elif isinstance(failure, tuple) and failure[0].cid in partition_of:
-                no_reply = NoReply("failed", f"status {failure[1].status.message!r}")
-                attributed[partition_of[failure[0].cid]] = no_reply
-            else:
-                log(WARNING, "gcfl: a client failed: %s", failure)
-        return attributed
