@@ -490,6 +490,29 @@ class TestMigration:
         moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE, True), rng())
         assert moved == {3: Hyperparameters(1e-3, 32)}
 
+    def test_refused_clients_migrate_without_taking_honest_clients_places(self):
+        # Three refused (hostile) clients and six honest ones, the worst two stuck at 1e-5.
+        pop = GeneticPopulation(
+            {
+                **{cid: ClientState(3e-3, 32) for cid in range(4)},
+                **{cid: ClientState(1e-5, 128) for cid in (4, 5)},
+                **{cid: ClientState(1e-4, 64) for cid in (6, 7, 8)},
+            },
+            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.5),
+            rng(3),
+        )
+        reports = {
+            cid: Report(s.lr, s.batch_size, 1.0, "ok", 2.0, 2.0, 1.0 if cid < 4 else 1.99)
+            for cid, s in pop.states.items()
+        }
+        for cid in (6, 7, 8):
+            reports[cid] = Report(1e-4, 64, None, "refused")
+        pop.step(1, reports)
+        # The honest share is half of the six trusted clients: the worst three, 4 and 5
+        # among them; the refused three migrate on top of it.
+        assert {4, 5, 6, 7, 8} <= pop.migrants
+        assert all(pop.states[cid].lr == 3e-3 for cid in (4, 5))
+
     def test_a_good_pair_reaches_a_far_cluster_within_a_round(self):
         # Two islands far apart in the search space; only the first has a good lr.
         pop = GeneticPopulation(

@@ -1,6 +1,6 @@
 """Hostile clients through the real Flower simulation: no one node can crash, stall or steer.
 
-Each run is 9 digits clients for 6 rounds (default local epochs) in which up
+Each run is 9 digits clients for 8 rounds (default local epochs) in which up
 to three nodes misbehave (gcfl.testing.hostile), each breaking one part of the
 contract; cases that share a run cannot interfere, since each is refused on
 its own ground. Every
@@ -17,7 +17,7 @@ from gcfl.testing.hostile import CLIENT_APP, ENV_VAR
 
 pytestmark = pytest.mark.integration
 
-NODES, ROUNDS = 9, 6
+NODES, ROUNDS = 9, 8
 RUN_CONFIG = {
     "num-server-rounds": ROUNDS,
     "round-timeout": 20.0,

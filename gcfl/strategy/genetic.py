@@ -332,7 +332,11 @@ def migration_count(population: int, fraction: float) -> int:
 
 
 def migration(
-    cohort: Cohort, fraction: float, mutation: Mutation, rng: np.random.Generator
+    cohort: Cohort,
+    fraction: float,
+    mutation: Mutation,
+    rng: np.random.Generator,
+    untrusted: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     """Island-model migration, as PBT's exploit: the worst ``fraction`` breed from the best.
 
@@ -340,16 +344,23 @@ def migration(
     ``fraction`` (diverged and unscored clients first) each get an offspring
     of the top ``fraction``'s fit members, whatever group either belongs to,
     so a good pair found in one group reaches every other group in the next
-    round. Returns the migrants' rows (ascending id) and their new lrs and
-    batch sizes; empty when there is no fit donor.
+    round. Rows marked ``untrusted`` (clients whose replies the server
+    refused) migrate too, but outside that share: counted in it, a few hostile
+    clients would take every migrant's place, and the honest clients that
+    most need a better pair would never get one. Returns the migrants' rows
+    (ascending id) and their new lrs and batch sizes; empty when there is no
+    fit donor.
     """
-    count = migration_count(len(cohort), fraction)
-    ranked = fitness_order(cohort)
+    outside = np.zeros(len(cohort), dtype=bool) if untrusted is None else untrusted
+    inside = np.flatnonzero(~outside)
+    count = migration_count(len(inside), fraction)
+    ranked = inside[fitness_order(_take(cohort, inside))]
     top = ranked[:count]
     donors = _by_id(cohort, top[cohort.fit[top]])
     if len(donors) == 0:
         return np.empty(0, dtype=np.int64), *breed(cohort, np.empty(0), np.empty(0), mutation, rng)
-    migrants = _by_id(cohort, ranked[len(ranked) - count :])
+    bottom = ranked[len(ranked) - count :]
+    migrants = _by_id(cohort, np.concatenate([bottom, np.flatnonzero(outside)]))
     starts = np.zeros(len(migrants), dtype=np.int64)
     counts = np.full(len(migrants), len(donors))
     lr, batch = breed(_take(cohort, donors), starts, counts, mutation, rng)

@@ -247,8 +247,9 @@ class GeneticPopulation:
             explore,
             self.rng,
         )
+        refused = np.array([s.status == "refused" for s in states], dtype=bool)
         migrants, migrant_lrs, migrant_batch_sizes = migration(
-            cohort, self.settings.migration, explore, self.rng
+            cohort, self.settings.migration, explore, self.rng, untrusted=refused
         )
         lrs[migrants], batch_sizes[migrants] = migrant_lrs, migrant_batch_sizes
         self.migrants = set(cohort.client_id[migrants].tolist())
