@@ -48,6 +48,7 @@ def shared_run_config(args: argparse.Namespace) -> dict[str, Any]:
         "data-dir": args.data_dir,
         "partition": args.partition,
         "fraction-fit": args.fraction_fit,
+        "fraction-evaluate": args.fraction_evaluate,
         "local-epochs": args.local_epochs,
         "seed": args.seed,
     }
@@ -258,6 +259,11 @@ def _add_run_arguments(parser: argparse.ArgumentParser, with_strategy: bool = Tr
     parser.add_argument("--data-dir", help="folder with mnist.npz or CIFAR-10 files")
     parser.add_argument("--partition", help="slices (default), iid or dirichlet")
     parser.add_argument("--fraction-fit", type=float, help="share of clients per round")
+    parser.add_argument(
+        "--fraction-evaluate",
+        type=float,
+        help="share of clients that evaluate each round's model on their own data",
+    )
     parser.add_argument("--local-epochs", type=int, help="epochs per local fit")
     parser.add_argument("--seed", type=int, help="seed of every random draw")
     parser.add_argument("--out", help="results folder (default ./gcfl-results/<name>-<time>)")

@@ -78,13 +78,24 @@ def test_csv_has_one_row_per_strategy_repeat_and_round(tmp_path):
     write_rounds_csv(path, RUNS)
     rows = list(csv.DictReader(path.open()))
     assert len(rows) == 12
-    assert list(rows[0]) == ["round", "strategy", "repeat", "accuracy", "loss", "seconds"]
+    assert list(rows[0]) == [
+        "round",
+        "strategy",
+        "repeat",
+        "accuracy",
+        "loss",
+        "federated_accuracy",
+        "federated_loss",
+        "seconds",
+    ]
     assert rows[0] == {
         "round": "1",
         "strategy": "gcfl",
         "repeat": "0",
         "accuracy": "0.5",
         "loss": "0.5",
+        "federated_accuracy": "",  # no federated evaluation in these runs
+        "federated_loss": "",
         "seconds": "1.5",
     }
 
@@ -116,3 +127,31 @@ def test_every_plot_is_written_as_png(tmp_path):
 def test_without_gcfl_only_the_metric_plots(tmp_path):
     written = write_plots([r for r in RUNS if r["strategy"] != "gcfl"], tmp_path)
     assert sorted(p.name for p in written) == ["accuracy.png", "loss.png"]
+
+
+def with_federated(runs):
+    """The runs as if each round had also been evaluated by the clients."""
+    for a_run in runs:
+        for record in a_run["rounds"]:
+            record["federated_accuracy"] = record["accuracy"] - 0.05
+            record["federated_loss"] = record["loss"] + 0.05
+    return runs
+
+
+def test_federated_evaluation_reaches_the_csv_the_summary_and_a_plot(tmp_path):
+    runs = with_federated([run("gcfl", 0, [0.5, 0.7]), run("gcfl", 1, [0.6, 0.8])])
+    write_rounds_csv(tmp_path / "rounds.csv", runs)
+    rows = list(csv.DictReader((tmp_path / "rounds.csv").read_text().splitlines()))
+    assert [float(r["federated_accuracy"]) for r in rows] == pytest.approx([0.45, 0.65, 0.55, 0.75])
+    write_summary(tmp_path / "summary.md", runs, "gcfl compare", {}, [])
+    summary = (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "## Federated validation accuracy per round" in summary
+    assert "0.5000 ± 0.0707" in summary.split("## Federated validation")[1]
+    names = {p.name for p in write_plots(runs, tmp_path)}
+    assert "federated_accuracy.png" in names
+
+
+def test_no_federated_section_or_plot_without_federated_evaluation(tmp_path):
+    write_summary(tmp_path / "summary.md", RUNS, "gcfl compare", {}, [])
+    assert "Federated" not in (tmp_path / "summary.md").read_text(encoding="utf-8")
+    assert "federated_accuracy.png" not in {p.name for p in write_plots(RUNS, tmp_path)}

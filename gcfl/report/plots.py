@@ -14,7 +14,14 @@ import numpy as np
 from matplotlib.patches import Patch
 from matplotlib.ticker import MaxNLocator
 
-from gcfl.report.tables import Run, display_name, round_statistics, strategies_in
+from gcfl.report.tables import (
+    FEDERATED,
+    Run,
+    display_name,
+    has_metric,
+    round_statistics,
+    strategies_in,
+)
 
 COLORS = {
     "gcfl": "tab:blue",
@@ -60,8 +67,13 @@ def plot_metric(runs: Sequence[Run], metric: str, path: Path) -> Path:
             axes.fill_between(rounds, mean - std, mean + std, color=line.get_color(), alpha=band)
     axes.xaxis.set_major_locator(MaxNLocator(integer=True))
     axes.set_xlabel("round (centralized: epoch)")
-    axes.set_ylabel(f"test {metric}")
-    axes.set_title(f"Test {metric} per round")
+    what = (
+        metric.replace("federated_", "federated validation ")
+        if metric in FEDERATED
+        else (f"test {metric}")
+    )
+    axes.set_ylabel(what)
+    axes.set_title(f"{what[0].upper()}{what[1:]} per round")
     axes.grid(alpha=0.3)
     axes.legend(fontsize=8 if grid else None)
     return _save(figure, path)
@@ -171,6 +183,8 @@ def write_plots(runs: Sequence[Run], out_dir: Path) -> list[Path]:
         plot_metric(runs, "accuracy", out_dir / "accuracy.png"),
         plot_metric(runs, "loss", out_dir / "loss.png"),
     ]
+    if has_metric(runs, "federated_accuracy"):
+        written.append(plot_metric(runs, "federated_accuracy", out_dir / "federated_accuracy.png"))
     if "gcfl" in strategies_in(runs):
         for plotter, name in (
             (plot_clusters, "clusters.png"),

@@ -13,6 +13,9 @@ import numpy as np
 Run = dict[str, Any]  # one strategy's results for one repeat, in the results.json schema
 
 
+FEDERATED = ("federated_accuracy", "federated_loss")
+
+
 def _accuracy(record: dict[str, Any]) -> float:
     value = record.get("accuracy")
     return float(value) if value is not None and math.isfinite(value) else math.nan
@@ -178,7 +181,7 @@ def write_rounds_csv(path: Path, runs: Sequence[Run]) -> None:
     """One row per strategy, repeat and round."""
     with open(path, "w", newline="", encoding="utf-8") as stream:
         writer = csv.writer(stream)
-        writer.writerow(["round", "strategy", "repeat", "accuracy", "loss", "seconds"])
+        writer.writerow(["round", "strategy", "repeat", "accuracy", "loss", *FEDERATED, "seconds"])
         for run in runs:
             for record in run["rounds"]:
                 writer.writerow(
@@ -188,9 +191,15 @@ def write_rounds_csv(path: Path, runs: Sequence[Run]) -> None:
                         run["repeat"],
                         record.get("accuracy"),
                         record.get("loss"),
+                        *(record.get(metric) for metric in FEDERATED),
                         record.get("seconds"),
                     ]
                 )
+
+
+def has_metric(runs: Sequence[Run], metric: str) -> bool:
+    """Whether any round of any run measured ``metric`` (federated evaluation is optional)."""
+    return any(record.get(metric) is not None for run in runs for record in run["rounds"])
 
 
 def _cell(mean: float, std: float, repeats: int, digits: int) -> str:
@@ -293,6 +302,21 @@ def _oracle_note(runs: Sequence[Run]) -> list[str]:
     return notes
 
 
+def _federated_section(runs: Sequence[Run], spread: str) -> list[str]:
+    """The clients' own evaluation of the global model, when the runs asked for it."""
+    if not has_metric(runs, "federated_accuracy"):
+        return []
+    return [
+        f"## Federated validation accuracy per round{spread}",
+        "",
+        "The example-weighted accuracy of each round's global model on the validation",
+        "splits of the clients that evaluated it (`fraction-evaluate`).",
+        "",
+        markdown_table(*rounds_table(runs, "federated_accuracy")),
+        "",
+    ]
+
+
 def write_summary(
     path: Path, runs: Sequence[Run], command: str, settings: dict[str, Any], plots: Sequence[str]
 ) -> None:
@@ -312,6 +336,7 @@ def write_summary(
         "",
         "Rounds of centralized are epochs over the pooled training data.",
         "",
+        *_federated_section(runs, spread),
         "## Outcome",
         "",
         markdown_table(*outcome_table(runs)),
