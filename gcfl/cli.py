@@ -12,6 +12,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from gcfl.client.worker import add_policy_arguments
 from gcfl.compare.plan import DEFAULT_STRATEGIES, ENGINES
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
 from gcfl.data import DatasetError
@@ -182,10 +183,18 @@ def command_compare(args: argparse.Namespace) -> int:
 
 
 def command_deploy(args: argparse.Namespace) -> int:
-    from gcfl.deploy.local import deploy
+    from gcfl.deploy.local import check_deploy_inputs, deploy
+    from gcfl.deploy.netns import NetworkError
+    from gcfl.deploy.topology import TopologyError
 
     if args.nodes < 1:
         raise UsageError(f"--nodes must be >= 1, got {args.nodes}")
+    try:
+        check_deploy_inputs(args.nodes, netns=args.netns)
+    except TopologyError as error:
+        raise UsageError(f"--nodes: {error}") from None
+    except NetworkError as error:
+        raise UsageError(str(error)) from None
     run_config = {}
     for assignment in args.set or []:
         key, value = parse_assignment(assignment)
@@ -226,17 +235,36 @@ def command_deploy(args: argparse.Namespace) -> int:
 
 def command_worker(args: argparse.Namespace) -> int:
     from gcfl.client.worker import main as worker_main
+    from gcfl.client.worker import policy_from_args
 
-    return worker_main(["--socket", args.socket])
+    return worker_main(["--socket", args.socket, *policy_from_args(args).to_args()])
+
+
+def check_node_command(worker_socket: str, supernode: list[str]) -> None:
+    """The worker's socket and the SuperNode's hosts, ports and node config, before any start."""
+    from gcfl.deploy.topology import TopologyError, check_supernode_command, check_worker_socket
+
+    try:
+        check_worker_socket(worker_socket)
+        check_supernode_command(supernode, worker_socket)
+    except TopologyError as error:
+        raise UsageError(str(error)) from None
 
 
 def command_node(args: argparse.Namespace) -> int:
+    from gcfl.client.worker import WorkerPolicy, policy_from_args
     from gcfl.deploy.node import run_node
 
     supernode = [part for part in args.supernode if part != "--"]
     if not supernode:
         raise UsageError("give the flower-supernode command line after '--'")
-    return run_node(args.worker_socket, supernode)
+    check_node_command(args.worker_socket, supernode)
+    policy = policy_from_args(args)
+    if policy == WorkerPolicy():
+        # The call a node without allow-list flags has always made, so that
+        # what wraps or records run_node (tests of the compose files) sees no change.
+        return run_node(args.worker_socket, supernode)
+    return run_node(args.worker_socket, supernode, policy)
 
 
 def command_config(args: argparse.Namespace) -> int:
@@ -347,6 +375,7 @@ def make_parser() -> argparse.ArgumentParser:
         "worker", help="the warm training worker of one SuperNode (see gcfl node)"
     )
     worker.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    add_policy_arguments(worker)
     worker.set_defaults(handler=command_worker)
     node = commands.add_parser(
         "node",
@@ -354,6 +383,7 @@ def make_parser() -> argparse.ArgumentParser:
         "flower-supernode ... --node-config \"... worker-socket='PATH'\"",
     )
     node.add_argument("--worker-socket", required=True, help="Unix socket of the worker")
+    add_policy_arguments(node)  # passed on to the worker
     node.add_argument("supernode", nargs=argparse.REMAINDER, help="the flower-supernode command")
     node.set_defaults(handler=command_node)
     config = commands.add_parser("config", help="list every run-config key and its default")

@@ -107,7 +107,8 @@ class TestCompose:
             "./deploy/certs/server.pem",
             "./deploy/certs/server.key",
         ]
-        assert link["ports"] == [f"{args.port}:{args.port}"]  # flwr run from the host
+        # flwr run from the host, on its loopback only (tests/test_security.py)
+        assert link["ports"] == [f"127.0.0.1:{args.port}:{args.port}"]
         # out-dir='/results/...' lands in ./results on the host (README).
         assert host_path(link, "/results/run-1") == "./results/run-1"
         # State lives in a named volume: kept across restarts, dropped by down -v.
@@ -209,9 +210,14 @@ class TestCompose:
 
 
 def test_credentials_script_creates_what_compose_mounts(tmp_path):
+    # Not the checkout's own generated credentials: the script refuses to replace them.
+    generated = shutil.ignore_patterns("certs", "host-flwr-home")
     for name in ("deploy", "gcfl", "pyproject.toml"):
         source = ROOT / name
-        (shutil.copytree if source.is_dir() else shutil.copy)(source, tmp_path / name)
+        if source.is_dir():
+            shutil.copytree(source, tmp_path / name, ignore=generated)
+        else:
+            shutil.copy(source, tmp_path / name)
     env_path = str(Path(sys.executable).parent)
     run = subprocess.run(
         ["bash", "deploy/generate-certs.sh", "3"],
@@ -264,8 +270,8 @@ def test_credentials_script_creates_what_compose_mounts(tmp_path):
     # The README's `flwr run . gcfl-deploy` from the host reaches the published port with the CA.
     host_config = tomllib.loads((tmp_path / "deploy/host-flwr-home/config.toml").read_text())
     connection = host_config["superlink"]["gcfl-deploy"]
-    published = services["superlink"]["ports"][0].split(":")[0]
-    assert connection["address"] == f"127.0.0.1:{published}"
+    host_ip, published, _ = services["superlink"]["ports"][0].split(":")
+    assert connection["address"] == f"{host_ip}:{published}"
     assert Path(connection["root-certificates"]).resolve() == (certs / "ca.crt").resolve()
 
 

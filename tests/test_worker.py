@@ -5,6 +5,7 @@ import logging
 import socket
 import stat
 import struct
+import sys
 import threading
 import time
 
@@ -17,11 +18,14 @@ from gcfl.client.client_app import WorkerBackedClient
 from gcfl.client.worker import (
     PROTOCOL_VERSION,
     WorkerFitError,
+    WorkerPolicy,
+    WorkerRefused,
     WorkerTimeout,
     WorkerUnavailable,
     _bind,
     fit_on_worker,
     ping,
+    policy_from_args,
     serve,
 )
 from gcfl.client.worker_protocol import (
@@ -151,7 +155,10 @@ def test_wrong_shapes_are_an_error_and_the_worker_keeps_serving(worker):
     assert count > 0
 
 
-def test_a_run_with_another_model_gets_that_model(worker):
+def test_a_run_with_another_model_gets_that_model(tmp_path):
+    worker = _serve_in_thread(
+        tmp_path / "w.sock", policy=WorkerPolicy(models=("tests.tiny_model:build",))
+    )
     run_config = {**RUN_CONFIG, "model": "tests.tiny_model:build"}
     parameters = _initial_weights("tests.tiny_model:build")
     # The default model first, so the worker has one cached.
@@ -359,3 +366,239 @@ def test_bind_replaces_a_stale_socket(tmp_path):
         assert listener.accept()[0]
     assert stat.S_ISSOCK(path.stat().st_mode)
     assert stat.S_IMODE(path.stat().st_mode) == 0o600
+
+
+# --- The node's allow-list: what a fit request may name ------------------------
+
+FOREIGN_MODULE = "gcfl_test_foreign_model"
+FOREIGN_MODEL = f"{FOREIGN_MODULE}:build"
+
+
+@pytest.fixture
+def foreign_model(tmp_path, monkeypatch):
+    """A model module on sys.path that leaves a marker file if it is ever imported."""
+    marker = tmp_path / "foreign-model-imported"
+    (tmp_path / f"{FOREIGN_MODULE}.py").write_text(
+        f"import pathlib\npathlib.Path({str(marker)!r}).write_text('imported')\n"
+        "def build(input_shape, num_classes):\n    raise AssertionError('called')\n"
+    )
+    monkeypatch.syspath_prepend(str(tmp_path))
+    yield marker
+    assert FOREIGN_MODULE not in sys.modules, "the foreign model was imported"
+    assert not marker.exists(), "the foreign model was imported"
+
+
+def _digits_like_npz(path):
+    """A tiny dataset shaped like digits (8x8x1, 10 classes), so the cached model fits it."""
+    rng = np.random.default_rng(0)
+    np.savez(
+        path,
+        x_train=rng.integers(0, 256, (200, 8, 8), dtype=np.uint8),
+        y_train=np.arange(200) % 10,
+        x_test=rng.integers(0, 256, (50, 8, 8), dtype=np.uint8),
+        y_test=np.arange(50) % 10,
+    )
+    return str(path)
+
+
+def test_the_default_policy_allows_the_builtin_model_and_datasets_only(tmp_path):
+    policy = WorkerPolicy()
+    assert policy.check({}) is None
+    assert policy.check(RUN_CONFIG) is None
+    for dataset in ("digits", "mnist", "cifar10"):
+        assert policy.check({"model": "", "dataset": dataset, "data-dir": ""}) is None
+    assert "--allow-model" in policy.check({"model": "tests.tiny_model:build"})
+    assert "--data-dir" in policy.check({"dataset": "mnist", "data-dir": str(tmp_path)})
+    assert "--allow-dataset" in policy.check({"dataset": str(tmp_path / "d.npz")})
+
+
+def test_a_foreign_model_is_refused_naming_the_flag_that_would_allow_it():
+    policy = WorkerPolicy(models=("tests.tiny_model:build",))
+    assert policy.check({"model": "tests.tiny_model:build"}) is None
+    assert policy.check({"model": ""}) is None  # the built-in CNN stays allowed
+    assert policy.check({"model": "evil.module:build"}) == (
+        "model 'evil.module:build' is not allowed on this node; "
+        "start the worker with --allow-model evil.module:build"
+    )
+    # Compared as spelled: that spelling is what would be imported.
+    assert policy.check({"model": "tests.tiny_model:other"}) is not None
+    assert "must be a string" in policy.check({"model": 5})
+
+
+@pytest.fixture
+def folders(tmp_path):
+    """An allowed folder, a folder outside it, a symlink out of it and an alias of it."""
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside"
+    allowed.mkdir()
+    outside.mkdir()
+    (allowed / "link-out").symlink_to(outside)
+    (tmp_path / "alias").symlink_to(allowed)
+    return allowed, outside
+
+
+def test_a_data_dir_outside_the_allow_list_is_refused(folders):
+    allowed, outside = folders
+    policy = WorkerPolicy(data_dirs=(str(allowed),))
+    for escape in (
+        str(outside),
+        f"{allowed}/../outside",
+        str(allowed / "link-out"),
+        str(allowed / "sub"),  # a folder inside an allowed one is a folder of its own
+        "/",
+    ):
+        refusal = policy.check({"dataset": "cifar10", "data-dir": escape})
+        assert refusal is not None and refusal.startswith(f"data-dir {escape!r}")
+        assert "start the worker with --data-dir" in refusal
+    link_refusal = policy.check({"data-dir": str(allowed / "link-out")})
+    assert f"(resolves to {outside})" in link_refusal
+    assert link_refusal.endswith(f"--data-dir {allowed / 'link-out'}")
+    assert "absolute path" in policy.check({"data-dir": "allowed"})
+
+
+def test_an_allowed_data_dir_passes_however_it_is_spelled(folders):
+    allowed, _ = folders
+    policy = WorkerPolicy(data_dirs=(str(allowed),))
+    for spelling in (
+        str(allowed),
+        f"{allowed}/",
+        f"{allowed}/../allowed",
+        str(allowed.parent / "alias"),
+    ):
+        assert policy.check({"dataset": "mnist", "data-dir": spelling}) is None, spelling
+    # Allowed through its alias, too: both sides are compared resolved.
+    assert (
+        WorkerPolicy(data_dirs=(str(allowed.parent / "alias"),)).check({"data-dir": str(allowed)})
+        is None
+    )
+
+
+def test_a_dataset_file_is_allowed_only_when_listed(folders):
+    allowed, outside = folders
+    listed = allowed / "data.npz"
+    policy = WorkerPolicy(datasets=(str(listed),))
+    assert policy.check({"dataset": str(listed)}) is None
+    assert policy.check({"dataset": str(allowed.parent / "alias" / "data.npz")}) is None
+    for other in (
+        str(allowed / "other.npz"),
+        str(outside / "data.npz"),
+        f"{allowed}/../outside/data.npz",
+        str(allowed / "link-out" / "data.npz"),
+    ):
+        refusal = policy.check({"dataset": other})
+        assert refusal is not None and "start the worker with --allow-dataset" in refusal, other
+    # Listing a folder for data-dir allows no .npz in it: the keys are separate.
+    assert WorkerPolicy(data_dirs=(str(allowed),)).check({"dataset": str(listed)}) is not None
+    assert WorkerPolicy().check({"dataset": "/etc/passwd"}) is not None
+
+
+def test_worker_flags_give_the_policy_and_round_trip(tmp_path, monkeypatch):
+    from gcfl.cli import make_parser
+
+    monkeypatch.chdir(tmp_path)
+    argv = ["--allow-model", "a.b:c", "--allow-model", "d:e", "--data-dir", "data"]
+    argv += ["--allow-dataset", "/x/y.npz"]
+    args = make_parser().parse_args(["worker", "--socket", "w.sock", *argv])
+    policy = policy_from_args(args)
+    assert policy == WorkerPolicy(("a.b:c", "d:e"), (str(tmp_path / "data"),), ("/x/y.npz",))
+    again = make_parser().parse_args(["worker", "--socket", "w.sock", *policy.to_args()])
+    assert policy_from_args(again) == policy
+    assert policy_from_args(make_parser().parse_args(["worker", "--socket", "s"])) == (
+        WorkerPolicy()
+    )
+    for bad in (["--allow-model", "no-function"], ["--allow-dataset", "/x/y.csv"]):
+        with pytest.raises(SystemExit):
+            make_parser().parse_args(["worker", "--socket", "s", *bad])
+
+
+def test_gcfl_node_passes_its_allow_list_to_the_worker(tmp_path, monkeypatch):
+    import gcfl.deploy.node as node
+    from gcfl.cli import main
+
+    calls = []
+    monkeypatch.setattr(node, "run_node", lambda *args: calls.append(args) or 0)
+    path = str(tmp_path / "w.sock")
+    supernode = ["flower-supernode", "--insecure"]
+    assert main(["node", "--worker-socket", path, "--allow-model", "a:b", "--", *supernode]) == 0
+    assert main(["node", "--worker-socket", path, "--", *supernode]) == 0
+    assert calls == [
+        (path, supernode, WorkerPolicy(models=("a:b",))),
+        (path, supernode),  # as before: nothing beyond the built-ins
+    ]
+    monkeypatch.undo()
+
+    class Process:
+        pid = 0
+
+        def wait(self):
+            return 0
+
+    started = []
+    monkeypatch.setattr(
+        node.subprocess, "Popen", lambda command, **_: started.append(command) or Process()
+    )
+    monkeypatch.setattr(node, "wait_for_worker", lambda *_: True)
+    monkeypatch.setattr(node, "stop_process_tree", lambda pid: None)
+    monkeypatch.setattr(node.signal, "signal", lambda *_: None)
+    assert node.run_node("/s", ["flower-supernode"], WorkerPolicy(data_dirs=("/data",))) == 0
+    assert node.run_node("/s", ["flower-supernode"]) == 0
+    assert started[0][-4:] == ["--socket", "/s", "--data-dir", "/data"]
+    assert started[2][-2:] == ["--socket", "/s"]
+
+
+def _refusal_case(case, tmp_path):
+    """The run config of a request naming something the default policy refuses, and its flag."""
+    if case == "model":
+        return {**RUN_CONFIG, "model": FOREIGN_MODEL}, f"--allow-model {FOREIGN_MODEL}"
+    if case == "data-dir":
+        outside = tmp_path / "outside"
+        outside.mkdir()
+        _digits_like_npz(outside / "mnist.npz")
+        return {**RUN_CONFIG, "dataset": "mnist", "data-dir": str(outside)}, "--data-dir"
+    npz = _digits_like_npz(tmp_path / "outside.npz")
+    return {**RUN_CONFIG, "dataset": npz}, f"--allow-dataset {npz}"
+
+
+@pytest.mark.parametrize("case", ["model", "data-dir", "dataset"])
+def test_a_request_naming_what_the_node_does_not_allow_is_refused_and_the_worker_keeps_serving(
+    worker, foreign_model, tmp_path, case
+):
+    run_config, flag = _refusal_case(case, tmp_path)
+    parameters = _initial_weights()
+    header = {**FIT_HEADER, "run-config": run_config}
+    reply = _reply_to(worker, encode_message(header, parameters))
+    assert not reply["ok"] and reply["error"] == "NotAllowed"
+    assert f"{case} " in reply["message"] and "is not allowed on this node" in reply["message"]
+    assert flag in reply["message"]
+    with pytest.raises(WorkerRefused, match="refused the fit"):
+        _fit_on_worker(worker, parameters, partition_id=0, run_config=run_config)
+    assert ping(worker)
+    _, count, _ = _fit_on_worker(worker, parameters, partition_id=0)
+    assert count > 0
+
+
+def test_the_client_fails_a_refused_fit_rather_than_train_it_in_process(worker, foreign_model):
+    run_config = {**RUN_CONFIG, "model": FOREIGN_MODEL}
+    client = WorkerBackedClient(1, 5, parse_run_config(run_config), run_config, worker)
+    with pytest.raises(WorkerRefused, match=f"--allow-model {FOREIGN_MODEL}"):
+        client.fit(_initial_weights(), dict(FIT_CONFIG))
+    # The fixture checks the module was imported neither by the worker nor here.
+
+
+def test_allowed_data_dirs_and_dataset_files_are_trained_on(tmp_path):
+    data_dir = tmp_path / "data"
+    data_dir.mkdir()
+    _digits_like_npz(data_dir / "mnist.npz")
+    npz = _digits_like_npz(tmp_path / "set.npz")
+    policy = WorkerPolicy(data_dirs=(str(data_dir),), datasets=(npz,))
+    worker = _serve_in_thread(tmp_path / "w.sock", policy=policy)
+    parameters = _initial_weights()
+    for run_config in (
+        {**RUN_CONFIG, "dataset": "mnist", "data-dir": str(data_dir)},
+        {**RUN_CONFIG, "dataset": npz},
+    ):
+        weights, count, _ = _fit_on_worker(
+            worker, parameters, partition_id=0, run_config=run_config
+        )
+        expected, expected_count, _ = _in_process(run_config, parameters, partition_id=0)
+        assert count == expected_count > 0
+        assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))

@@ -2,7 +2,8 @@
 
 A node whose config names a ``worker-socket`` trains on its warm training
 worker (:mod:`gcfl.client.worker`) and falls back to training in this process,
-with a warning, when the worker does not answer.
+with a warning, when the worker does not answer. A fit the worker refuses (a
+model or data outside its node's allow-list) fails with the worker's reason.
 """
 
 from __future__ import annotations
@@ -47,6 +48,13 @@ class WorkerBackedClient(GcflClient):
                 fit_config=config,
                 deadline_s=self.config.round_timeout,
             )
+        # Only an absent or busy worker is retried here. Its refusal
+        # (WorkerRefused), its timeout and its failed fit propagate as this
+        # fit's failure: retrying in process would run the model or read the
+        # data the worker's allow-list refused, as Flower's user, in this
+        # process. This process itself (get_properties, evaluate, and fit
+        # without a worker) obeys the run config as every Flower ClientApp
+        # does; the allow-list is the worker's guard, not the ClientApp's.
         except WorkerUnavailable as error:
             log(
                 logging.WARNING,

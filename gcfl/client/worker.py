@@ -10,12 +10,20 @@ model gets its own cache entries, so nothing of one run leaks into another.
 
 What the worker trusts, and what it does not:
 
-* It trusts whoever can connect. The socket is created mode 0600, so only the
-  node's user (and root) can send a request, and a fit request is obeyed as
-  that user's: its run config names the model builder (``model``, a
-  ``package.module:function`` the worker imports and calls) and the data
-  folder (``data-dir``) the worker reads. The socket's permissions are the
-  only guard on those; the worker checks neither.
+* It trusts whoever can connect to ask for training, and nothing more. The
+  socket is created mode 0600, so only the node's user (and root) can send a
+  request at all.
+* It does not trust what a request names. A fit request's run config comes
+  from the federation's ServerApp, relayed by the ClientApp; its ``model`` (a
+  ``package.module:function`` that would be imported and called) and its
+  ``data-dir`` and ``dataset`` (files that would be read, CIFAR-10 batches
+  unpickled) are checked against the node's own allow-list,
+  :class:`WorkerPolicy`, before anything is imported or read. The node sets it
+  (``gcfl worker``/``gcfl node`` flags ``--allow-model``, ``--data-dir``,
+  ``--allow-dataset``); by default only gcfl's built-in CNN and built-in
+  datasets (scikit-learn's digits, MNIST and CIFAR-10 from Keras' cache or
+  download) pass. Anything else is refused with an error reply naming the key,
+  the value and the flag that would allow it, and the worker keeps serving.
 * It does not trust a message's framing or its sender's pace
   (:mod:`gcfl.client.worker_protocol`): no pickle, at most
   ``MAX_MESSAGE_BYTES`` per message checked before reading, and a deadline
@@ -44,23 +52,31 @@ What the ClientApp does when the worker does not deliver
 * An error while training (bad weights, an injected fault):
   :class:`WorkerFitError`, an error of the fit, reported as such and not
   retried.
+* The worker refused what the request names (a model or data outside the
+  node's allow-list): :class:`WorkerRefused`, a :class:`WorkerFitError`. Not
+  retried in process either: that would run the refused model in the
+  ClientApp's process instead.
 
-Run it with ``gcfl worker --socket PATH``; ``gcfl node`` starts one beside a
-SuperNode, and ``gcfl deploy`` and docker-compose.yml do that for every node.
+Run it with ``gcfl worker --socket PATH [--allow-model SPEC] [--data-dir DIR]
+[--allow-dataset NPZ]``; ``gcfl node`` starts one beside a SuperNode with the
+same flags, and ``gcfl deploy`` and docker-compose.yml do that for every node.
 """
 
 from __future__ import annotations
 
+import argparse
 import contextlib
 import logging
 import math
 import os
+import shlex
 import signal
 import socket
 import stat
 import threading
 import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -92,6 +108,9 @@ DEFAULT_FIT_WAIT_S = 1800.0
 # How long serve(max_requests=...) waits for its last requests before returning.
 SHUTDOWN_TIMEOUT_S = 60.0
 BUSY_ERROR = "WorkerBusy"
+NOT_ALLOWED_ERROR = "NotAllowed"
+# The run config's ``model`` for gcfl's own seed CNN: always allowed.
+BUILTIN_MODEL = ""
 
 log = logging.getLogger(__name__)
 
@@ -108,6 +127,144 @@ class WorkerFitError(RuntimeError):
 
 class WorkerTimeout(TimeoutError):
     """The worker took the request and sent no reply in time; not to be retried in process."""
+
+
+class WorkerRefused(WorkerFitError):
+    """The worker refused a model or data outside its node's allow-list; not retried in process."""
+
+
+class NotAllowed(PermissionError):
+    """A fit request names a model or data that the node's :class:`WorkerPolicy` does not allow."""
+
+
+def _not_listed(value: str, allowed: Sequence[str]) -> bool:
+    """Whether absolute ``value`` is none of ``allowed``, compared as resolved real paths.
+
+    Resolved, so that ``/allowed/../etc`` or a symlink inside an allowed
+    folder that points out of it is what it leads to, not what it spells.
+    """
+    if not os.path.isabs(value):
+        return True
+    real = os.path.realpath(value)
+    return real not in {os.path.realpath(path) for path in allowed}
+
+
+def _resolved_note(value: str) -> str:
+    real = os.path.realpath(value) if os.path.isabs(value) else value
+    return "" if real == os.path.normpath(value) else f" (resolves to {real})"
+
+
+@dataclass(frozen=True)
+class WorkerPolicy:
+    """What a fit request may name, set by the node: the worker's guard on its run config.
+
+    gcfl's built-in CNN (``model`` empty) and built-in datasets (digits, and
+    mnist/cifar10 from Keras' cache or download when ``data-dir`` is empty)
+    are always allowed: they run only gcfl's own code on files the node's
+    user put in its Keras cache. Beyond them a request may name only
+    ``models`` (``package.module:function`` specs, compared as spelled: the
+    spec is what gets imported), ``data_dirs`` (folders) and ``datasets``
+    (``.npz`` files), the paths compared after resolving symlinks and ``..``.
+    """
+
+    models: tuple[str, ...] = ()
+    data_dirs: tuple[str, ...] = ()
+    datasets: tuple[str, ...] = ()
+
+    def check(self, run_config: Mapping[str, Any]) -> str | None:
+        """Why this run config may not be trained here, or None if it may.
+
+        Reads no file and imports nothing: only the paths are resolved.
+        """
+        from gcfl.config import BUILTIN_DATASETS
+
+        model = run_config.get("model", BUILTIN_MODEL)
+        if model != BUILTIN_MODEL and (not isinstance(model, str) or model not in self.models):
+            return self._refusal("model", model, "--allow-model")
+        data_dir = run_config.get("data-dir", "")
+        if data_dir != "" and (
+            not isinstance(data_dir, str) or _not_listed(data_dir, self.data_dirs)
+        ):
+            return self._refusal("data-dir", data_dir, "--data-dir")
+        dataset = run_config.get("dataset", "digits")
+        if dataset not in BUILTIN_DATASETS and (
+            not isinstance(dataset, str)
+            or not dataset.endswith(".npz")
+            or _not_listed(dataset, self.datasets)
+        ):
+            return self._refusal("dataset", dataset, "--allow-dataset")
+        return None
+
+    @staticmethod
+    def _refusal(key: str, value: object, flag: str) -> str:
+        if not isinstance(value, str):
+            return f"{key} {value!r} is not allowed on this node: it must be a string"
+        if key != "model" and not os.path.isabs(value):
+            return f"{key} {value!r} is not allowed on this node: it must be an absolute path"
+        return (
+            f"{key} {value!r}{'' if key == 'model' else _resolved_note(value)} is not allowed "
+            f"on this node; start the worker with {flag} {shlex.quote(value)}"
+        )
+
+    def to_args(self) -> list[str]:
+        """The ``gcfl worker`` flags that give a worker this policy."""
+        flags = [("--allow-model", self.models), ("--data-dir", self.data_dirs)]
+        flags.append(("--allow-dataset", self.datasets))
+        return [part for flag, values in flags for value in values for part in (flag, value)]
+
+
+def _model_arg(value: str) -> str:
+    if value != BUILTIN_MODEL and not (":" in value and all(value.split(":", 1))):
+        raise argparse.ArgumentTypeError(f"{value!r} is not 'package.module:function'")
+    return value
+
+
+def _folder_arg(value: str) -> str:
+    # Absolute now: the worker may run in another working directory than its flags were written in.
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def _npz_arg(value: str) -> str:
+    if not value.endswith(".npz"):
+        raise argparse.ArgumentTypeError(f"{value!r} is not a .npz file")
+    return os.path.abspath(os.path.expanduser(value))
+
+
+def add_policy_arguments(parser: argparse.ArgumentParser) -> None:
+    """The allow-list flags of ``gcfl worker`` and ``gcfl node`` (see :class:`WorkerPolicy`)."""
+    parser.add_argument(
+        "--allow-model",
+        action="append",
+        type=_model_arg,
+        metavar="SPEC",
+        help="a run config's 'model' (package.module:function) this worker may import and "
+        "call; repeatable (default: only gcfl's built-in CNN)",
+    )
+    parser.add_argument(
+        "--data-dir",
+        action="append",
+        type=_folder_arg,
+        metavar="DIR",
+        help="a folder a run config's 'data-dir' may name, for the worker to read mnist or "
+        "CIFAR-10 from; repeatable (default: none, only Keras' cache or download)",
+    )
+    parser.add_argument(
+        "--allow-dataset",
+        action="append",
+        type=_npz_arg,
+        metavar="NPZ",
+        help="a .npz file a run config's 'dataset' may name; repeatable (default: none, "
+        "only the built-in datasets)",
+    )
+
+
+def policy_from_args(args: argparse.Namespace) -> WorkerPolicy:
+    """The :class:`WorkerPolicy` that :func:`add_policy_arguments`' flags ask for."""
+    return WorkerPolicy(
+        models=tuple(args.allow_model or ()),
+        data_dirs=tuple(args.data_dir or ()),
+        datasets=tuple(args.allow_dataset or ()),
+    )
 
 
 def _left(deadline: float) -> float:
@@ -169,6 +326,10 @@ def fit_on_worker(
         raise WorkerUnavailable(f"no training worker answered at {socket_path}: {error}") from None
     if reply.get("error") == BUSY_ERROR:
         raise WorkerUnavailable(f"the training worker at {socket_path} is busy: {reply['message']}")
+    if reply.get("error") == NOT_ALLOWED_ERROR:
+        raise WorkerRefused(
+            f"the training worker at {socket_path} refused the fit: {reply.get('message', '')}"
+        )
     if not reply.get("ok"):
         raise WorkerFitError(
             f"the training worker at {socket_path} failed: "
@@ -205,21 +366,43 @@ def wait_for_worker(socket_path: str, timeout_s: float) -> bool:
 # --- Worker side -------------------------------------------------------------
 
 
-def _fit(header: Mapping[str, Any], parameters: list[np.ndarray]) -> tuple[dict[str, Any], list]:
-    from gcfl.client.client import GcflClient
+@dataclass(frozen=True)
+class _FitRequest:
+    partition_id: int
+    num_partitions: int
+    run_config: dict[str, Any]
+    fit_config: dict[str, Any]
+
+
+def _fit_request(header: Mapping[str, Any], policy: WorkerPolicy) -> _FitRequest:
+    """The request's fields, checked against ``policy`` before anything is imported or read."""
     from gcfl.config import config_of
 
     try:
-        partition_id = int(header[PARTITION_ID])
-        num_partitions = int(header[NUM_PARTITIONS])
-        run_config = header["run-config"]
-        fit_config = header["fit-config"]
+        request = _FitRequest(
+            int(header[PARTITION_ID]),
+            int(header[NUM_PARTITIONS]),
+            header["run-config"],
+            header["fit-config"],
+        )
     except (KeyError, TypeError, ValueError) as error:
         raise ProtocolError(f"fit request lacks or mangles {error}") from None
-    if not isinstance(run_config, dict) or not isinstance(fit_config, dict):
+    if not isinstance(request.run_config, dict) or not isinstance(request.fit_config, dict):
         raise ProtocolError("fit request's 'run-config' and 'fit-config' must be JSON objects")
+    config_of(request.run_config)  # pure checks of every value; a ConfigError names the key
+    refusal = policy.check(request.run_config)
+    if refusal is not None:
+        raise NotAllowed(refusal)
+    return request
+
+
+def _fit(request: _FitRequest, parameters: list[np.ndarray]) -> tuple[dict[str, Any], list]:
+    from gcfl.client.client import GcflClient
+    from gcfl.config import config_of
+
+    partition_id, fit_config = request.partition_id, request.fit_config
     started = time.perf_counter()
-    client = GcflClient(partition_id, num_partitions, config_of(run_config))
+    client = GcflClient(partition_id, request.num_partitions, config_of(request.run_config))
     weights, num_examples, metrics = client.fit(parameters, fit_config)
     log.info(
         "trained partition %d, round %s, in %.2f s",
@@ -244,22 +427,30 @@ def _wait_s(header: Mapping[str, Any]) -> float:
 
 
 def _fit_when_free(
-    header: Mapping[str, Any], parameters: list[np.ndarray], received_at: float
+    header: Mapping[str, Any],
+    parameters: list[np.ndarray],
+    received_at: float,
+    policy: WorkerPolicy,
 ) -> tuple[dict[str, Any], list]:
     wait_s = _wait_s(header)
+    # Before the lock: a refused request neither waits for nor delays an honest fit.
+    request = _fit_request(header, policy)
     if not _FIT_LOCK.acquire(timeout=max(0.0, received_at + wait_s - time.monotonic())):
         raise TimeoutError(
             f"another fit held the worker past this request's deadline of {wait_s:g} s; "
             "not trained, as nobody waits for the result any more"
         )
     try:
-        return _fit(header, parameters)
+        return _fit(request, parameters)
     finally:
         _FIT_LOCK.release()
 
 
 def _error_reply(error: BaseException) -> dict[str, Any]:
     return {"ok": False, "error": type(error).__name__, "message": str(error)}
+
+
+_DEFAULT_POLICY = WorkerPolicy()
 
 
 def _send_reply(connection: socket.socket, reply: dict[str, Any], weights: list) -> None:
@@ -269,11 +460,17 @@ def _send_reply(connection: socket.socket, reply: dict[str, Any], weights: list)
         log.warning("could not send the reply (the ClientApp has gone?): %s", error)
 
 
-def handle(connection: socket.socket, *, request_timeout_s: float = REQUEST_TIMEOUT_S) -> None:
+def handle(
+    connection: socket.socket,
+    *,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    policy: WorkerPolicy = _DEFAULT_POLICY,
+) -> None:
     """Answer one request on ``connection``; every failure becomes an error reply.
 
-    The request must arrive whole within ``request_timeout_s``; a fit then
-    waits for the process's training lock, at most until the request's deadline.
+    The request must arrive whole within ``request_timeout_s``; a fit whose
+    run config ``policy`` allows then waits for the process's training lock,
+    at most until the request's deadline.
     """
     try:
         header, arrays = receive_message(connection, timeout_s=request_timeout_s, what="request")
@@ -287,7 +484,7 @@ def handle(connection: socket.socket, *, request_timeout_s: float = REQUEST_TIME
         if method == "ping":
             reply, weights = {"ok": True, "pid": os.getpid()}, []
         elif method == "fit":
-            reply, weights = _fit_when_free(header, arrays, received_at)
+            reply, weights = _fit_when_free(header, arrays, received_at, policy)
         else:
             raise ProtocolError(f"unknown method {method!r}; the worker knows 'fit' and 'ping'")
     except Exception as error:  # the caller must hear of every failure
@@ -326,11 +523,14 @@ def _bind(socket_path: Path) -> socket.socket:
 
 
 def _serve_connection(
-    connection: socket.socket, slots: threading.BoundedSemaphore, request_timeout_s: float
+    connection: socket.socket,
+    slots: threading.BoundedSemaphore,
+    request_timeout_s: float,
+    policy: WorkerPolicy,
 ) -> None:
     try:
         with connection:
-            handle(connection, request_timeout_s=request_timeout_s)
+            handle(connection, request_timeout_s=request_timeout_s, policy=policy)
     finally:
         slots.release()
 
@@ -358,12 +558,14 @@ def serve(
     max_requests: int | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
+    policy: WorkerPolicy = _DEFAULT_POLICY,
 ) -> None:
     """Answer requests on ``socket_path`` until SIGTERM/SIGINT, one thread per connection.
 
     At most ``max_connections`` are served at once (one more gets a busy
-    reply); each request must arrive within ``request_timeout_s``; fits run
-    one at a time. After ``max_requests`` connections it stops accepting and
+    reply); each request must arrive within ``request_timeout_s``; a fit
+    whose run config ``policy`` refuses gets an error reply; fits run one at
+    a time. After ``max_requests`` connections it stops accepting and
     waits up to ``SHUTDOWN_TIMEOUT_S`` for those still being served.
     """
     from gcfl.model import make_training_reproducible
@@ -384,7 +586,7 @@ def serve(
                 continue
             handler = threading.Thread(
                 target=_serve_connection,
-                args=(connection, slots, request_timeout_s),
+                args=(connection, slots, request_timeout_s, policy),
                 name=f"gcfl-worker-request-{served}",
                 daemon=True,  # a stalled peer must not keep the process from exiting
             )
@@ -408,15 +610,21 @@ def _stop(signum: int, frame: object) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    import argparse
-
     parser = argparse.ArgumentParser(prog="gcfl worker", description=__doc__.splitlines()[0])
     parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    add_policy_arguments(parser)
     args = parser.parse_args(argv)
+    policy = policy_from_args(args)
     logging.basicConfig(level=logging.INFO, format="gcfl worker: %(message)s")
     signal.signal(signal.SIGTERM, _stop)
+    log.info(
+        "allowed beyond the built-ins: models %s, data-dirs %s, datasets %s",
+        list(policy.models) or "none",
+        list(policy.data_dirs) or "none",
+        list(policy.datasets) or "none",
+    )
     with contextlib.suppress(KeyboardInterrupt):
-        serve(args.socket)
+        serve(args.socket, policy=policy)
     return 0
 
 

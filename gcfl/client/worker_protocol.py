@@ -19,8 +19,13 @@ What a reader does not trust, and how it stays safe from it:
   timeout, so a peer that stalls, trickles or stops reading costs the reader
   at most that long (:class:`MessageTimeout`, naming what was missing).
 
-What the header *asks for* is the caller's business: this module only frames
-messages. Imports neither Flower nor TensorFlow.
+Who may send a message at all is the socket's business (the worker creates it
+mode 0600: the node's user and root). What a well-framed header *asks for* is
+the worker's business, not this module's: reading a message runs no code, but
+a fit request's run config names a model builder to import and data to read,
+and the worker trains it only if its node's allow-list allows it
+(:class:`gcfl.client.worker.WorkerPolicy`). This module only frames messages,
+and imports neither Flower nor TensorFlow.
 """
 
 from __future__ import annotations

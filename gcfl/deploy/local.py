@@ -21,12 +21,13 @@ from pathlib import Path
 from typing import Any
 
 from gcfl.deploy.credentials import create_node_keys, create_tls
-from gcfl.deploy.netns import NamespaceNetwork
+from gcfl.deploy.netns import NamespaceNetwork, address_plan, check_prerequisites
 from gcfl.deploy.register import RegistrationError, wait_for_health
 from gcfl.deploy.topology import (
     CONNECTION_NAME,
     SUPERNODE_ENVIRONMENT,
     CertificatePaths,
+    TopologyError,
     connection_toml,
     node_command,
     register_command,
@@ -126,6 +127,19 @@ def _wait_for_superlink(address: str, ca_certificate: Path | None, deployment: D
         raise DeploymentError(str(error)) from None
 
 
+def check_deploy_inputs(num_nodes: int, *, netns: bool) -> None:
+    """Refuse a node count or ``netns`` setting that cannot work, before anything starts.
+
+    Raises :class:`TopologyError` for the count and :class:`NetworkError` when
+    this machine cannot create namespaces.
+    """
+    if num_nodes < 1:
+        raise TopologyError(f"the number of SuperNodes must be >= 1, got {num_nodes}")
+    if netns:
+        address_plan(num_nodes, tag=0)  # every tag's subnet holds the same count
+        check_prerequisites()
+
+
 def deploy(
     run_config: Mapping[str, Any],
     num_nodes: int,
@@ -140,6 +154,7 @@ def deploy(
     With ``warm_worker`` every SuperNode gets its training worker (``gcfl node``),
     so TensorFlow is imported and the model traced once per node, not per round.
     """
+    check_deploy_inputs(num_nodes, netns=netns)
     _, out_dir = prepare_run(run_config, num_nodes)
     log_dir = out_dir / "deploy-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
@@ -167,10 +182,11 @@ def deploy(
         (flwr_home / "config.toml").write_text(
             connection_toml(address, certs.ca_certificate if certs else None), encoding="utf-8"
         )
-        bind_host = "0.0.0.0" if network else "127.0.0.1"
+        # One address (loopback, or the bridge's), never 0.0.0.0: this port also serves
+        # the Control API, which authenticates no one without OIDC.
         deployment.start(
             "superlink",
-            superlink_command(host=bind_host, port=port, certs=certs),
+            superlink_command(host=listen_host, port=port, certs=certs),
         )
         _wait_for_superlink(address, Path(certs.ca_certificate) if certs else None, deployment)
         for index in range(num_nodes):

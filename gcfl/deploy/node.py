@@ -6,7 +6,10 @@ answers, then runs the given ``flower-supernode`` command line, which names
 the same socket in its ``--node-config``. The SuperNode's exit code is the
 node's; SIGTERM (``docker stop``) stops both. A worker that fails to start or
 dies later does not stop the node: its ClientApps then train in-process, with
-a warning, and this says so in the node's log.
+a warning, and this says so in the node's log. The worker gets the node's
+allow-list (:class:`~gcfl.client.worker.WorkerPolicy`: ``--allow-model``,
+``--data-dir``, ``--allow-dataset``); by default it trains only gcfl's
+built-in model on built-in datasets.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from gcfl.client.worker import wait_for_worker
+from gcfl.client.worker import WorkerPolicy, wait_for_worker
 from gcfl.deploy.topology import SUPERNODE_ENVIRONMENT
 from gcfl.simulation.superlink import stop_process_tree
 
@@ -28,13 +31,25 @@ def _raise_interrupt(signum: int, frame: object) -> None:
     raise KeyboardInterrupt
 
 
-def run_node(worker_socket: str, supernode_command: Sequence[str]) -> int:
-    """Start the worker, then the SuperNode; stop both when the SuperNode ends or on SIGTERM."""
+def run_node(
+    worker_socket: str, supernode_command: Sequence[str], policy: WorkerPolicy | None = None
+) -> int:
+    """Start the worker, then the SuperNode; stop both when the SuperNode ends or on SIGTERM.
+
+    ``policy`` is what the worker may train beyond gcfl's built-ins (None: nothing).
+    """
     if not supernode_command:
         raise ValueError("gcfl node: give the flower-supernode command line after '--'")
     signal.signal(signal.SIGTERM, _raise_interrupt)
     worker = subprocess.Popen(
-        [sys.executable, "-m", "gcfl.client.worker", "--socket", worker_socket],
+        [
+            sys.executable,
+            "-m",
+            "gcfl.client.worker",
+            "--socket",
+            worker_socket,
+            *(policy or WorkerPolicy()).to_args(),
+        ],
         start_new_session=True,
     )
     supernode = None

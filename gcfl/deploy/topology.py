@@ -16,6 +16,10 @@ SuperNode authentication needs TLS and each node's public key registered with
 
 from __future__ import annotations
 
+import ipaddress
+import os
+import re
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from gcfl.client.worker import NODE_CONFIG_KEY
@@ -28,6 +32,13 @@ SUPERNODE_ENVIRONMENT = {"FLWR_SUPEREXEC_TASK_POLL_INTERVAL": "0.2"}
 SUPERLINK_PORT = 9093
 SUPERNODE_PORT = 9094
 CONNECTION_NAME = "gcfl-deploy"
+# A Unix socket path must fit sockaddr_un.sun_path (108 bytes on Linux, NUL included).
+MAX_SOCKET_PATH_BYTES = 107
+_HOST_LABEL = re.compile(r"(?!-)[A-Za-z0-9-]{1,63}(?<!-)")
+
+
+class TopologyError(ValueError):
+    """A node count, host, port or path the deployment cannot use; the message names it."""
 
 
 @dataclass(frozen=True)
@@ -173,3 +184,130 @@ def connection_toml(address: str, ca_certificate: str | None) -> str:
     else:
         lines.append(f'root-certificates = "{ca_certificate}"')
     return "\n".join(lines) + "\n"
+
+
+def check_port(value: int | str, what: str) -> int:
+    """``value`` as a TCP port (1-65535); ``what`` names it in the error."""
+    try:
+        port = int(value)
+    except (TypeError, ValueError):
+        raise TopologyError(f"{what}: {value!r} is not a port number") from None
+    if not 1 <= port <= 65535:
+        raise TopologyError(f"{what}: port must be 1-65535, got {port}")
+    return port
+
+
+def check_host(value: str, what: str) -> str:
+    """``value`` as an IP address or a DNS name (RFC 1123); ``what`` names it in the error."""
+    try:
+        ipaddress.ip_address(value)
+        return value
+    except ValueError:
+        pass
+    name = value[:-1] if value.endswith(".") else value
+    labels = name.split(".")
+    # A name of digits and dots that is no IP address (999.1.1.1) is a typo, not a host name.
+    numeric = all(label.isdigit() for label in labels)
+    if not name or len(name) > 253 or numeric or not all(map(_HOST_LABEL.fullmatch, labels)):
+        raise TopologyError(f"{what}: {value!r} is neither an IP address nor a host name")
+    return value
+
+
+def split_address(value: str, what: str) -> tuple[str, int]:
+    """``HOST:PORT`` (``[IPv6]:PORT``) as its checked host and port."""
+    host, separator, port = value.rpartition(":")
+    if not separator or not host:
+        raise TopologyError(f"{what}: {value!r} is not HOST:PORT")
+    named = f"{what} {value!r}"
+    if host.startswith("[") and host.endswith("]"):
+        host = host[1:-1]
+        try:
+            ipaddress.IPv6Address(host)
+        except ValueError:
+            raise TopologyError(f"{named}: [{host}] is not an IPv6 address") from None
+    elif ":" in host:
+        raise TopologyError(f"{named}: write an IPv6 address as [ADDRESS]:PORT")
+    else:
+        check_host(host, named)
+    return host, check_port(port, named)
+
+
+def check_worker_socket(path: str) -> None:
+    """A path the worker can bind a Unix socket at."""
+    what = "--worker-socket"
+    if not path:
+        raise TopologyError(f"{what}: empty path")
+    size = len(os.fsencode(path))
+    if size > MAX_SOCKET_PATH_BYTES:
+        raise TopologyError(
+            f"{what}: {path!r} is {size} bytes; a Unix socket path holds at most "
+            f"{MAX_SOCKET_PATH_BYTES}"
+        )
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise TopologyError(f"{what}: {path!r}: no such folder {folder!r}")
+
+
+def _option_values(command: Sequence[str]) -> dict[str, str]:
+    """The values of the options checked below, as ``--flag value`` or ``--flag=value``."""
+    wanted = {"--superlink", "--host", "--port", "--node-config"}
+    values: dict[str, str] = {}
+    for index, part in enumerate(command):
+        flag, equals, inline = part.partition("=")
+        if flag not in wanted:
+            continue
+        if equals:
+            values[flag] = inline
+        elif index + 1 < len(command):
+            values[flag] = command[index + 1]
+        else:
+            raise TopologyError(f"{flag}: no value given")
+    return values
+
+
+def check_supernode_command(command: Sequence[str], worker_socket: str | None) -> None:
+    """Refuse a ``flower-supernode`` command line that could not work, naming the value.
+
+    Only what would otherwise surface as a SuperNode failing after start-up (or
+    ClientApps silently missing their worker) is checked; Flower checks the rest.
+    """
+    if not command or os.path.basename(command[0]) != "flower-supernode":
+        first = command[0] if command else ""
+        raise TopologyError(f"gcfl node runs flower-supernode, got {first!r}")
+    values = _option_values(command[1:])
+    if "--superlink" in values:
+        split_address(values["--superlink"], "--superlink")
+    if "--host" in values:
+        check_host(values["--host"], "--host")
+    if "--port" in values:
+        check_port(values["--port"], "--port")
+    if "--node-config" in values:
+        _check_node_config(values["--node-config"], worker_socket)
+
+
+def _check_node_config(text: str, worker_socket: str | None) -> None:
+    from flwr.common.config import parse_config_args
+
+    what = "--node-config"
+    try:
+        config = parse_config_args([text])
+    except Exception as error:  # Flower raises click's and TOML's exceptions here
+        raise TopologyError(f"{what}: {text!r}: {error}") from None
+    partition, partitions = config.get("partition-id"), config.get("num-partitions")
+    for key, value in (("partition-id", partition), ("num-partitions", partitions)):
+        if value is not None and (not isinstance(value, int) or isinstance(value, bool)):
+            raise TopologyError(f"{what}: {key} must be an integer, got {value!r}")
+    if isinstance(partitions, int) and partitions < 1:
+        raise TopologyError(f"{what}: num-partitions must be >= 1, got {partitions}")
+    if isinstance(partition, int) and partition < 0:
+        raise TopologyError(f"{what}: partition-id must be >= 0, got {partition}")
+    if isinstance(partition, int) and isinstance(partitions, int) and partition >= partitions:
+        raise TopologyError(
+            f"{what}: partition-id must be below num-partitions ({partitions}), got {partition}"
+        )
+    named = config.get(NODE_CONFIG_KEY)
+    if worker_socket is not None and named is not None and named != worker_socket:
+        # The ClientApps would look for a worker nobody starts and train in-process.
+        raise TopologyError(
+            f"{what}: {NODE_CONFIG_KEY}={named!r} is not the --worker-socket {worker_socket!r}"
+        )
