@@ -14,8 +14,12 @@ that belong here too; README.md's "Security" section points here for them.
 from __future__ import annotations
 
 import ipaddress
+import os
 import re
+import shutil
 import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -30,14 +34,17 @@ from gcfl.deploy.compose import (
     compose_document,
     write_compose_files,
 )
+from gcfl.deploy.local import Deployment
 from gcfl.deploy.netns import MAX_NODES, NamespaceNetwork, address_plan
 from gcfl.deploy.topology import (
     SUPERLINK_PORT,
     TopologyError,
     check_supernode_command,
     node_command,
+    superlink_command,
     supernode_command,
 )
+from gcfl.simulation.superlink import free_port, tool_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_HOST = "192.0.2.10"  # TEST-NET-1: an address for documentation
@@ -383,3 +390,56 @@ def test_supernode_check_reads_the_flag_forms_flower_accepts():
     check_supernode_command(["flower-supernode", "--superlink=127.0.0.1:9093"], None)
     with pytest.raises(TopologyError, match=re.escape("'127.0.0.1:99999'")):
         check_supernode_command(["flower-supernode", "--superlink=127.0.0.1:99999"], None)
+
+
+def _reachable(prefix: list[str], host: str, port: int) -> bool:
+    """Whether a TCP connection to host:port succeeds from the network ``prefix`` runs in."""
+    probe = (
+        "import socket, sys\n"
+        "try:\n"
+        f"    socket.create_connection(({host!r}, {port}), timeout=3).close()\n"
+        "except OSError:\n"
+        "    sys.exit(1)\n"
+    )
+    return subprocess.run([*prefix, sys.executable, "-c", probe], check=False).returncode == 0
+
+
+@pytest.mark.integration
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("ip") is None, reason="needs root and ip")
+def test_a_loopback_bound_superlink_cannot_be_reached_from_another_host(
+    tmp_path, no_leftover_processes
+):
+    """A namespace joined to this host by a virtual network stands for another machine."""
+    network = NamespaceNetwork(1)
+    env = tool_environment(tmp_path / "home", tmp_path / "ray")
+    (tmp_path / "home").mkdir()
+    (tmp_path / "logs").mkdir()
+    deployment = Deployment(tmp_path, tmp_path / "logs", env)
+    loopback_port, bridge_port = free_port(), free_port()
+    try:
+        network.create()
+        # As gcfl deploy binds it, and (the control) as --netns binds it.
+        deployment.start(
+            "loopback", superlink_command(host="127.0.0.1", port=loopback_port, certs=None)
+        )
+        deployment.start(
+            "bridge", superlink_command(host=network.host_address, port=bridge_port, certs=None)
+        )
+        here = []
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline and not all(
+            here := [
+                _reachable([], "127.0.0.1", loopback_port),
+                _reachable([], network.host_address, bridge_port),
+            ]
+        ):
+            deployment.check_alive()
+            time.sleep(0.5)
+        assert all(here), "the SuperLinks never came up on this host"
+        elsewhere = network.exec_prefix(0)
+        assert _reachable(elsewhere, network.host_address, bridge_port)  # the network works
+        assert not _reachable(elsewhere, network.host_address, loopback_port)
+        assert not _reachable(elsewhere, "127.0.0.1", loopback_port)  # its own loopback
+    finally:
+        deployment.stop()
+        network.destroy()

@@ -602,3 +602,13 @@ def test_allowed_data_dirs_and_dataset_files_are_trained_on(tmp_path):
         expected, expected_count, _ = _in_process(run_config, parameters, partition_id=0)
         assert count == expected_count > 0
         assert all(np.array_equal(a, b) for a, b in zip(weights, expected, strict=True))
+
+
+def test_gcfl_deploy_lets_its_workers_load_what_its_run_config_names(tmp_path):
+    npz = str(tmp_path / "data.npz")
+    policy = WorkerPolicy.for_run("tests.tiny_model:build", str(tmp_path), npz)
+    run_config = {"model": "tests.tiny_model:build", "data-dir": str(tmp_path), "dataset": npz}
+    assert policy.check(run_config) is None
+    assert WorkerPolicy.for_run("", "", "digits") == WorkerPolicy()
+    flags = policy.to_args()
+    assert flags[flags.index("--allow-model") + 1] == "tests.tiny_model:build"

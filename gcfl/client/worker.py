@@ -206,6 +206,15 @@ class WorkerPolicy:
             f"on this node; start the worker with {flag} {shlex.quote(value)}"
         )
 
+    @classmethod
+    def for_run(cls, model: str, data_dir: str, dataset: str) -> WorkerPolicy:
+        """What one run config names, for nodes whose operator also chose that run config."""
+        return cls(
+            models=(model,) if model else (),
+            data_dirs=(data_dir,) if data_dir else (),
+            datasets=(dataset,) if dataset.endswith(".npz") else (),
+        )
+
     def to_args(self) -> list[str]:
         """The ``gcfl worker`` flags that give a worker this policy."""
         flags = [("--allow-model", self.models), ("--data-dir", self.data_dirs)]

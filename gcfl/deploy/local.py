@@ -20,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from gcfl.client.worker import WorkerPolicy
 from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.netns import NamespaceNetwork, address_plan, check_prerequisites
 from gcfl.deploy.register import RegistrationError, wait_for_health
@@ -155,7 +156,10 @@ def deploy(
     so TensorFlow is imported and the model traced once per node, not per round.
     """
     check_deploy_inputs(num_nodes, netns=netns)
-    _, out_dir = prepare_run(run_config, num_nodes)
+    config, out_dir = prepare_run(run_config, num_nodes)
+    # The user who starts these nodes also chose this run config: its workers may
+    # load the model and data it names (and nothing else).
+    worker_flags = WorkerPolicy.for_run(config.model, config.data_dir, config.dataset).to_args()
     log_dir = out_dir / "deploy-logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     work = Path(tempfile.mkdtemp(prefix="gcfl-deploy-"))
@@ -203,7 +207,9 @@ def deploy(
             )
             deployment.start(
                 f"supernode-{index}",
-                supernode if worker_socket is None else node_command(worker_socket, supernode),
+                supernode
+                if worker_socket is None
+                else node_command(worker_socket, supernode, worker_flags),
                 prefix=network.exec_prefix(index) if network else None,
             )
         overrides = work / "run-config.toml"

@@ -140,9 +140,14 @@ def supernode_command(
     return command
 
 
-def node_command(worker_socket: str, supernode: list[str]) -> list[str]:
-    """A SuperNode and its warm training worker as one process tree (``gcfl node``)."""
-    return ["gcfl", "node", "--worker-socket", worker_socket, "--", *supernode]
+def node_command(
+    worker_socket: str, supernode: list[str], worker_flags: Sequence[str] = ()
+) -> list[str]:
+    """A SuperNode and its warm training worker as one process tree (``gcfl node``).
+
+    ``worker_flags``: the worker's allow-list (``--allow-model`` and the like).
+    """
+    return ["gcfl", "node", "--worker-socket", worker_socket, *worker_flags, "--", *supernode]
 
 
 def register_command(index: int, certs: CertificatePaths, connection: str) -> list[str]:
