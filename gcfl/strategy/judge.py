@@ -134,13 +134,17 @@ def judge_fit(
         return FitVerdict("refused", assigned, problem, report)
     if report.status == "diverged":
         return FitVerdict("diverged", pair, None, report, report_believed=True)
+    ratio = None
     if not 1 <= num_examples <= capacity:
         problem = f"num_examples {num_examples} is outside 1..{capacity} (what the node holds)"
     else:
-        problem = update_problem(weights, global_weights, max_update_norm)
+        problem = update_problem(weights, global_weights, None)  # shapes and finiteness
+    if problem is None:
+        ratio = update_ratio(weights, global_weights)
+        if ratio is not None and ratio > max_update_norm:
+            problem = f"update norm is {ratio:.3g} x the global model's, above max-update-norm"
     if problem is not None:
         return FitVerdict("refused", pair, problem, report, report_believed=True)
-    ratio = update_ratio(weights, global_weights)
     return FitVerdict("ok", pair, None, report, (weights, num_examples), ratio, True)
 
 
