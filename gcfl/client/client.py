@@ -8,7 +8,7 @@ from flwr.common import Config, NDArrays, Scalar
 
 from gcfl.config import GcflConfig
 from gcfl.data import ClientData, client_data, load_dataset
-from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, NodeInfo
+from gcfl.protocol import LOSS_FIELDS, EvaluateReport, FitInstruction, FitReport, NodeInfo
 
 FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
 
@@ -102,13 +102,7 @@ class GcflClient(NumPyClient):
             lr=outcome.lr,
             batch_size=outcome.batch_size,
             status=outcome.status,  # type: ignore[arg-type]
-            train_loss=outcome.train_loss,
-            first_loss=outcome.first_loss,
-            val_loss_before=outcome.val_loss_before,
-            val_loss=outcome.val_loss,
-            val_accuracy=outcome.val_accuracy,
-            local_loss_before=outcome.local_loss_before,
-            local_loss_after=outcome.local_loss_after,
+            **{name: getattr(outcome, name) for name in LOSS_FIELDS},
         )
         if outcome.weights is None:
             return [], 0, report.to_metrics()
