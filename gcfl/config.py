@@ -358,6 +358,30 @@ class GcflConfig:
             raise ConfigError(
                 f"batch-min ({self.batch_min}) must not exceed batch-max ({self.batch_max})"
             )
+        if self.init == "search":
+            # The server sends only the grid points inside the search space: a search
+            # must never train at a pair the space rules out.
+            if len(self.search_lrs) < 3:
+                raise ConfigError(
+                    f"lr-grid: init=search needs at least 3 values inside [lr-min, lr-max] = "
+                    f"[{self.lr_min:g}, {self.lr_max:g}], got {list(self.search_lrs)}"
+                )
+            if len(self.search_batch_sizes) < 2:
+                raise ConfigError(
+                    f"batch-grid: init=search needs at least 2 values inside [batch-min, "
+                    f"batch-max] = [{self.batch_min}, {self.batch_max}], got "
+                    f"{list(self.search_batch_sizes)}"
+                )
+
+    @property
+    def search_lrs(self) -> tuple[float, ...]:
+        """The lr grid a search request carries: ``lr-grid`` inside the search space."""
+        return tuple(lr for lr in self.lr_grid_values if self.lr_min <= lr <= self.lr_max)
+
+    @property
+    def search_batch_sizes(self) -> tuple[int, ...]:
+        """The batch grid a search request carries: ``batch-grid`` inside the search space."""
+        return tuple(b for b in self.batch_grid_values if self.batch_min <= b <= self.batch_max)
 
     @property
     def lr_grid_values(self) -> tuple[float, ...]:

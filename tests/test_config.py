@@ -191,3 +191,15 @@ def test_algorithm_settings_defaults_are_the_run_configs(settings_class):
             assert f.default_factory() == getattr(expected, f.name), (
                 f"{settings_class.__name__}.{f.name}"
             )
+
+
+@pytest.mark.parametrize(
+    ("overrides", "named"),
+    [
+        ({"init": "search", "lr-min": 1e-3, "lr-max": 5e-3}, "lr-grid"),
+        ({"init": "search", "batch-min": 100, "batch-max": 128}, "batch-grid"),
+    ],
+)
+def test_a_search_grid_with_too_few_points_inside_the_space_is_refused(overrides, named):
+    with pytest.raises(ConfigError, match=named):
+        parse_run_config(overrides)

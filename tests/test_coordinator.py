@@ -244,3 +244,14 @@ def test_no_rollback_when_rollback_is_off():
     coordinator.close_round(None, None)
     _round(coordinator, 2, first, loss_before=5.0)
     assert coordinator.round.status == "ok"
+
+
+def test_a_search_request_carries_only_grid_points_inside_the_space():
+    coordinator = _coordinator(init="search")  # lr-grid reaches 1e-6; lr-min here is 1e-4
+    instructions = coordinator.start_fit(1, [np.zeros(1)])
+    config = coordinator.config
+    for instruction in instructions.values():
+        assert instruction.lr_grid == (1e-1, 1e-2, 1e-3, 1e-4)
+        assert instruction.batch_grid == (16, 32, 64)
+        assert all(config.lr_min <= lr <= config.lr_max for lr in instruction.lr_grid)
+        assert all(config.batch_min <= b <= config.batch_max for b in instruction.batch_grid)

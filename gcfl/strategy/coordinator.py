@@ -110,8 +110,8 @@ class Coordinator:
         if pair is None:
             return FitInstruction(
                 server_round,
-                lr_grid=self.config.lr_grid_values,
-                batch_grid=self.config.batch_grid_values,
+                lr_grid=self.config.search_lrs,
+                batch_grid=self.config.search_batch_sizes,
             )
         return FitInstruction(server_round, pair.lr, pair.batch_size)
 
