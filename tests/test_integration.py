@@ -177,7 +177,8 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
     assert report["runs"][4]["config"]["training-samples"] == 500
     rows = (out_dir / "rounds.csv").read_text().splitlines()
     # five runs and fedavg-tuned (the oracle's pick of the two grid runs), two rounds each
-    assert rows[0] == "round,strategy,repeat,accuracy,loss,seconds" and len(rows) == 13
+    header = "round,strategy,repeat,accuracy,loss,federated_accuracy,federated_loss,seconds"
+    assert rows[0] == header and len(rows) == 13
     summary = (out_dir / "summary.md").read_text()
     assert (
         "| round | gcfl | fedavg | fedavg@0.001 | fedavg@0.01 | fedavg-tuned (oracle: " in summary
