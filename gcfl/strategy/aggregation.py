@@ -26,21 +26,29 @@ def update_ratio(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) 
     return float(delta / scale)
 
 
+def check_update(
+    update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
+) -> tuple[str | None, float | None]:
+    """Why ``update`` must not be aggregated into ``reference`` (None: it is fine), and its
+    :func:`update_ratio` once its shapes and values have passed."""
+    if len(update) != len(reference):
+        return f"{len(update)} arrays, expected {len(reference)}", None
+    for index, (new, old) in enumerate(zip(update, reference, strict=True)):
+        if new.shape != old.shape:
+            return f"array {index} has shape {new.shape}, expected {old.shape}", None
+        if not np.all(np.isfinite(new)):
+            return f"array {index} has non-finite values", None
+    ratio = update_ratio(update, reference)
+    if max_update_norm is not None and ratio is not None and ratio > max_update_norm:
+        return f"update norm is {ratio:.3g} x the global model's, above max-update-norm", ratio
+    return None, ratio
+
+
 def update_problem(
     update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
 ) -> str | None:
     """Why ``update`` must not be aggregated into ``reference``, or None when it is fine."""
-    if len(update) != len(reference):
-        return f"{len(update)} arrays, expected {len(reference)}"
-    for index, (new, old) in enumerate(zip(update, reference, strict=True)):
-        if new.shape != old.shape:
-            return f"array {index} has shape {new.shape}, expected {old.shape}"
-        if not np.all(np.isfinite(new)):
-            return f"array {index} has non-finite values"
-    ratio = update_ratio(update, reference)
-    if max_update_norm is not None and ratio is not None and ratio > max_update_norm:
-        return f"update norm is {ratio:.3g} x the global model's, above max-update-norm"
-    return None
+    return check_update(update, reference, max_update_norm)[0]
 
 
 def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> Weights:

@@ -20,7 +20,7 @@ from typing import Any, Literal
 import numpy as np
 
 from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, ProtocolError
-from gcfl.strategy.aggregation import update_problem, update_ratio
+from gcfl.strategy.aggregation import check_update
 from gcfl.strategy.genetic import Hyperparameters
 
 Outcome = Literal["ok", "diverged", "refused", "failed", "timed-out"]
@@ -138,11 +138,7 @@ def judge_fit(
     if not 1 <= num_examples <= capacity:
         problem = f"num_examples {num_examples} is outside 1..{capacity} (what the node holds)"
     else:
-        problem = update_problem(weights, global_weights, None)  # shapes and finiteness
-    if problem is None:
-        ratio = update_ratio(weights, global_weights)
-        if ratio is not None and ratio > max_update_norm:
-            problem = f"update norm is {ratio:.3g} x the global model's, above max-update-norm"
+        problem, ratio = check_update(weights, global_weights, max_update_norm)
     if problem is not None:
         return FitVerdict("refused", pair, problem, report, report_believed=True)
     return FitVerdict("ok", pair, None, report, (weights, num_examples), ratio, True)
