@@ -346,6 +346,14 @@ def test_a_full_worker_is_unavailable_so_the_client_falls_back(tmp_path):
             )
 
 
+def test_a_client_that_has_its_reply_may_connect_again_at_once(tmp_path):
+    # The slot is freed before the reply is sent: otherwise the next request
+    # of the same client races the previous handler and can be told "busy".
+    worker = _serve_in_thread(tmp_path / "w.sock", max_connections=1)
+    answered = [ping(worker, timeout_s=5.0) for _ in range(200)]
+    assert all(answered), f"{answered.count(False)} of 200 back-to-back pings were refused"
+
+
 def test_bind_refuses_to_replace_a_file_that_is_not_a_socket(tmp_path):
     path = tmp_path / "results.csv"
     path.write_text("round,accuracy\n1,0.9\n")

@@ -75,7 +75,7 @@ import socket
 import stat
 import threading
 import time
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -474,12 +474,14 @@ def handle(
     *,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     policy: WorkerPolicy = _DEFAULT_POLICY,
+    on_reply_ready: Callable[[], None] | None = None,
 ) -> None:
     """Answer one request on ``connection``; every failure becomes an error reply.
 
     The request must arrive whole within ``request_timeout_s``; a fit whose
     run config ``policy`` allows then waits for the process's training lock,
-    at most until the request's deadline.
+    at most until the request's deadline. ``on_reply_ready`` is called once
+    the reply is decided, before it is sent.
     """
     try:
         header, arrays = receive_message(connection, timeout_s=request_timeout_s, what="request")
@@ -499,6 +501,8 @@ def handle(
     except Exception as error:  # the caller must hear of every failure
         log.warning("request failed: %s: %s", type(error).__name__, error)
         reply, weights = _error_reply(error), []
+    if on_reply_ready is not None:
+        on_reply_ready()
     try:
         _send_reply(connection, reply, weights)
     except ProtocolError as error:  # a reply over the size cap: say so rather than go silent
@@ -537,11 +541,26 @@ def _serve_connection(
     request_timeout_s: float,
     policy: WorkerPolicy,
 ) -> None:
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            slots.release()
+
     try:
         with connection:
-            handle(connection, request_timeout_s=request_timeout_s, policy=policy)
+            # The slot is free before the reply leaves: a client that has read
+            # its reply and connects again at once must not be told "busy".
+            handle(
+                connection,
+                request_timeout_s=request_timeout_s,
+                policy=policy,
+                on_reply_ready=release,
+            )
     finally:
-        slots.release()
+        release()
 
 
 def _refuse_busy(connection: socket.socket, max_connections: int) -> None:
