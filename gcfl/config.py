@@ -37,6 +37,9 @@ NOTEBOOK_RULES: dict[str, Any] = {
     "resample": 0.0,
     "dbscan-eps": 0.15,
     "rollback": False,
+    "refresh-stale": False,
+    "aggregate-share": 1.0,
+    "batch-step": 0.0,
 }
 
 
@@ -252,6 +255,32 @@ class GcflConfig:
             "resample",
             "log mutation: chance that an offspring is a fresh random pair",
             _fraction_closed_open,
+        ),
+    )
+    batch_step: float = field(
+        default=0.0,
+        metadata=_key(
+            "batch-step",
+            "chance that an offspring's batch size halves or doubles (inside batch-min..batch-max)",
+            _fraction_closed_open,
+        ),
+    )
+    refresh_stale: bool = field(
+        default=False,
+        metadata=_key(
+            "refresh-stale",
+            "a sampled client that did not train in the last round gets an offspring of "
+            "that round's best pairs instead of its old pair",
+            None,
+        ),
+    )
+    aggregate_share: float = field(
+        default=1.0,
+        metadata=_key(
+            "aggregate-share",
+            "share of a round's accepted updates, best by fitness, that are averaged "
+            "(1: all, FedAvg's rule)",
+            _fraction_open_closed,
         ),
     )
     init: str = field(default="random", metadata=_key("init", "random or search", _one_of(INITS)))

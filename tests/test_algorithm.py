@@ -11,7 +11,7 @@ import numpy as np
 import pytest
 
 from gcfl.config import GcflConfig
-from gcfl.strategy.aggregation import update_problem, weighted_average
+from gcfl.strategy.aggregation import best_share, update_problem, weighted_average
 from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
@@ -23,11 +23,13 @@ from gcfl.strategy.genetic import (
     evolve,
     evolve_group,
     explore,
+    explore_pairs,
     migrate,
     migration_count,
     mutate_lr,
     random_hyperparameters,
     rank_by_fitness,
+    step_batch_sizes,
 )
 from gcfl.strategy.population import (
     ClientState,
@@ -42,7 +44,8 @@ from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
 SPACE = SearchSpace(lr_min=1e-7, lr_max=1e-3, batch_min=16, batch_max=128)
-LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True)
+LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True, batch_step=0.0)
+LINEAR_IN_SPACE = Mutation("linear", 0.1, 0.0, space=SPACE, bounded=True, batch_step=0.0)
 
 
 def rng(seed=0):
@@ -144,7 +147,7 @@ class TestGenetic:
         group = members(*[(i, 10.0 ** -(i + 2), 16 * (i + 1), float(i)) for i in range(5)])
         pairs = set()
         generator = rng(1)
-        still = Mutation("linear", 0.0, 0.0, None, True)
+        still = Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0)
         for _ in range(200):
             for pair in evolve_group(group, 0, still, generator).values():
                 lr_parent = round(-math.log10(pair.lr)) - 2
@@ -161,8 +164,8 @@ class TestGenetic:
     def test_linear_mutation_keeps_the_lr_in_the_space_unless_unbounded(self):
         space = SearchSpace(1e-5, 1e-1, 16, 128)
         edge = Hyperparameters(1e-1, 32)
-        bounded = Mutation("linear", 0.1, 0.0, space=space, bounded=True)
-        drifting = Mutation("linear", 0.1, 0.0, space=space, bounded=False)
+        bounded = Mutation("linear", 0.1, 0.0, space=space, bounded=True, batch_step=0.0)
+        drifting = Mutation("linear", 0.1, 0.0, space=space, bounded=False, batch_step=0.0)
         lrs = {round(explore(edge, bounded, rng(s)).lr, 12) for s in range(40)}
         assert lrs == {0.09, 0.1}
         assert max(explore(edge, drifting, rng(s)).lr for s in range(40)) > 0.1
@@ -210,7 +213,9 @@ class TestGenetic:
         score[generator.random(count) < 0.05] = np.nan  # unscored: not fit either
         cohort = Cohort(ids, 1e-4 * (1 + ids / 1e4), ids * 2, score, healthy)
         fit = cohort.fit
-        lr, batch = evolve(cohort, labels, 2, Mutation("linear", 0.0, 0.0, None, True), generator)
+        lr, batch = evolve(
+            cohort, labels, 2, Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0), generator
+        )
         # Scale 0: an offspring's lr and batch size are exactly its two parents'.
         by_lr = {float(v): i for i, v in enumerate(cohort.lr)}
         by_batch = {int(v): i for i, v in enumerate(cohort.batch_size)}
@@ -228,7 +233,9 @@ class TestGenetic:
         assert not fit[labels == 7].any()
         # With every child moved (log mutation draws a real step), exactly the elite stay put.
         space = SearchSpace(1e-5, 1e-1, 16, 128)
-        moved_lr, _ = evolve(cohort, labels, 2, Mutation("log", 0.1, 0.0, space, True), generator)
+        moved_lr, _ = evolve(
+            cohort, labels, 2, Mutation("log", 0.1, 0.0, space, True, batch_step=0.0), generator
+        )
         elite = {
             int(row)
             for label in np.unique(labels)
@@ -319,7 +326,7 @@ class TestPopulation:
     def test_search_init_has_no_pair_until_the_client_reports(self):
         # The old defaults this test was written with: log mutation, migration 0.25.
         settings = genetic_settings(
-            SPACE, mutation=Mutation("log", 0.1, 0.0, SPACE, True), migration=0.25
+            SPACE, mutation=Mutation("log", 0.1, 0.0, SPACE, True, batch_step=0.0), migration=0.25
         )
         pop = GeneticPopulation.search_init(range(3), settings, rng())
         assert pop.assignment(0) is None
@@ -371,7 +378,7 @@ class TestAggregation:
 
 
 WIDE = SearchSpace(lr_min=1e-5, lr_max=1e-1, batch_min=16, batch_max=128)
-LOG = Mutation("log", 0.1, 0.1, WIDE, True)
+LOG = Mutation("log", 0.1, 0.1, WIDE, True, batch_step=0.0)
 
 
 class TestFitness:
@@ -409,7 +416,7 @@ class TestLogMutation:
 
     def test_step_is_scale_times_the_width_in_log_space(self):
         generator = rng(1)
-        no_resample = Mutation("log", 0.1, 0.0, WIDE, True)
+        no_resample = Mutation("log", 0.1, 0.0, WIDE, True, batch_step=0.0)
         steps = [
             math.log10(explore(Hyperparameters(1e-3, 32), no_resample, generator).lr / 1e-3)
             for _ in range(4000)
@@ -457,7 +464,8 @@ class TestLogMutation:
 
     def test_resample_draws_fresh_pairs_at_its_rate(self):
         generator = rng(2)
-        far = Mutation("log", 0.0, 0.25, WIDE, True)  # scale 0: only resampling moves a pair
+        # scale 0: only resampling moves a pair
+        far = Mutation("log", 0.0, 0.25, WIDE, True, batch_step=0.0)
         moved = [explore(Hyperparameters(1e-5, 16), far, generator).lr != 1e-5 for _ in range(4000)]
         assert np.mean(moved) == pytest.approx(0.25, abs=0.03)
 
@@ -480,14 +488,19 @@ class TestMigration:
         best = members((0, 3e-3, 32, -0.6), (1, 3e-3, 32, -0.5))
         middle = members((2, 1e-4, 64, -0.2), (3, 1e-4, 64, -0.2))
         worst = members((4, 1e-5, 128, 0.0), (5, 1e-5, 128, 0.01))
-        moved = migrate(best + middle + worst, 1 / 3, Mutation("log", 0.0, 0.0, WIDE, True), rng())
+        moved = migrate(
+            best + middle + worst,
+            1 / 3,
+            Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0),
+            rng(),
+        )
         assert set(moved) == {4, 5}
         assert all(pair == Hyperparameters(3e-3, 32) for pair in moved.values())
 
     def test_diverged_clients_migrate_first_and_never_donate(self):
         group = members((0, 1e-3, 32, -0.5), (1, 1e-4, 32, -0.1), (2, 1e-4, 32, -0.2))
         group.append(Member(3, 5.0, 16, None, healthy=False))
-        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE, True), rng())
+        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), rng())
         assert moved == {3: Hyperparameters(1e-3, 32)}
 
     def test_refused_clients_migrate_without_taking_honest_clients_places(self):
@@ -498,7 +511,9 @@ class TestMigration:
                 **{cid: ClientState(1e-5, 128) for cid in (4, 5)},
                 **{cid: ClientState(1e-4, 64) for cid in (6, 7, 8)},
             },
-            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.5),
+            genetic_settings(
+                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.5
+            ),
             rng(3),
         )
         reports = {
@@ -520,7 +535,9 @@ class TestMigration:
                 **{cid: ClientState(3e-3, 32) for cid in range(5)},
                 **{cid: ClientState(1e-5, 128) for cid in range(5, 10)},
             },
-            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.25),
+            genetic_settings(
+                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.25
+            ),
             rng(4),
         )
         reports = {
@@ -535,7 +552,9 @@ class TestMigration:
         # Without migration the far island keeps breeding among its own members.
         isolated = GeneticPopulation(
             {cid: ClientState(s.lr, s.batch_size) for cid, s in pop.states.items()},
-            genetic_settings(WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True), migration=0.0),
+            genetic_settings(
+                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.0
+            ),
             rng(4),
         )
         isolated.states.update(
@@ -590,7 +609,7 @@ class TestCollapseGuards:
             {0: ClientState(1e-4, 32), 1: ClientState(3e-3, 32), 2: ClientState(1e-5, 32)},
             genetic_settings(
                 WIDE,
-                mutation=Mutation("log", 0.1, 0.0, WIDE, True),  # the old default
+                mutation=Mutation("log", 0.1, 0.0, WIDE, True, batch_step=0.0),  # the old default
                 elite=1,
                 migration=0.0,
                 dbscan_eps=1.0,
@@ -606,3 +625,97 @@ class TestCollapseGuards:
         assert pop.states[1].score == pytest.approx(-0.5)
         assert (pop.states[1].lr, pop.states[1].batch_size) == (3e-3, 32)  # the elite
         assert pop.states[0].lr != 1e-4
+
+
+# --- Partial participation (issue 19): refresh, aggregate share, batch steps --
+class TestPartialParticipation:
+    @staticmethod
+    def _trained_round(pop, server_round, scores):
+        """A round in which the clients of ``scores`` trained; ``scores`` as improvements."""
+        reports = {
+            cid: Report(
+                pop.states[cid].lr,
+                pop.states[cid].batch_size,
+                1.0 + score,
+                "ok",
+                loss_before=1.0,
+                local_loss_before=1.0,
+                local_loss_after=1.0 + score,
+            )
+            for cid, score in scores.items()
+        }
+        return pop.step(server_round, reports)
+
+    def _population(self, **settings):
+        settings = {"mutation": LINEAR_IN_SPACE, "migration": 0.0, **settings}
+        return GeneticPopulation.random_init(range(10), genetic_settings(SPACE, **settings), rng(5))
+
+    def test_a_stale_client_gets_an_offspring_of_the_latest_round_best_half(self):
+        pop = self._population(refresh_stale=True)
+        trained = {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0}  # 0 and 1: the best half
+        best = {cid: (pop.states[cid].lr, pop.states[cid].batch_size) for cid in (0, 1)}
+        self._trained_round(pop, 1, trained)
+        refreshed = pop.prepare(2, [2, 5, 7])
+        # 2 trained in round 1: its evolved pair is current; 5 and 7 never trained.
+        assert refreshed == {5, 7}
+        for cid in (5, 7):
+            state = pop.states[cid]
+            assert state.batch_size in {batch for _, batch in best.values()}
+            assert any(
+                math.isclose(state.lr, lr * factor, rel_tol=1e-12)
+                for lr, _ in best.values()
+                for factor in (0.9, 1.0, 1.1)
+            )
+
+    def test_without_refresh_a_stale_client_keeps_its_pair(self):
+        pop = self._population(refresh_stale=False)
+        before = (pop.states[5].lr, pop.states[5].batch_size)
+        self._trained_round(pop, 1, {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0})
+        assert pop.prepare(2, [2, 5]) == set()
+        assert (pop.states[5].lr, pop.states[5].batch_size) == before
+
+    def test_nothing_is_refreshed_before_any_client_trained(self):
+        pop = self._population(refresh_stale=True)
+        before = states_to_dict(pop.states)
+        assert pop.prepare(1, list(range(10))) == set()
+        assert states_to_dict(pop.states) == before
+
+    def test_the_best_pool_survives_a_checkpoint(self):
+        pop = self._population(refresh_stale=True)
+        self._trained_round(pop, 1, {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0})
+        restored = GeneticPopulation(
+            states_from_dict(json.loads(json.dumps(states_to_dict(pop.states)))),
+            pop.settings,
+            rng(9),
+        )
+        pop.rng = rng(9)
+        pop.prepare(2, [4, 6])
+        restored.prepare(2, [4, 6])
+        assert states_to_dict(restored.states) == states_to_dict(pop.states)
+
+    def test_batch_steps_halve_or_double_inside_the_space_at_their_rate(self):
+        space = SearchSpace(1e-5, 1e-1, 16, 128)
+        batches = np.array([16, 32, 64, 128] * 2500)
+        stepped = step_batch_sizes(batches, 0.2, rng(1), space)
+        assert np.all((stepped >= 16) & (stepped <= 128))
+        moved = stepped != batches
+        assert np.mean(moved) == pytest.approx(0.2, abs=0.02)
+        assert set((stepped[moved] / batches[moved]).tolist()) <= {0.5, 2.0}
+        # The edges reflect: 16 only doubles, 128 only halves.
+        assert set(stepped[moved & (batches == 16)].tolist()) == {32}
+        assert set(stepped[moved & (batches == 128)].tolist()) == {64}
+
+    def test_without_batch_steps_crossover_never_makes_a_new_batch_size(self):
+        batches = np.array([16, 32, 64, 128] * 100)
+        lr = np.full(len(batches), 1e-3)
+        still = Mutation("linear", 0.1, 0.0, SPACE, True, batch_step=0.0)
+        stepping = dataclasses.replace(still, batch_step=0.5)
+        assert np.array_equal(explore_pairs(lr, batches, still, rng(2))[1], batches)
+        assert not np.array_equal(explore_pairs(lr, batches, stepping, rng(2))[1], batches)
+
+    def test_best_share_keeps_the_best_by_score_but_never_fewer_than_the_minimum(self):
+        scores = [0.0, -0.5, None, -0.1, -0.3, math.nan]
+        assert best_share(scores, 0.5, 2) == [1, 3, 4]
+        assert best_share(scores, 0.1, 2) == [1, 4]  # one alone would be the new model
+        assert best_share(scores, 1.0, 2) == list(range(6))
+        assert best_share([None, 0.2], 0.5, 1) == [1]  # unscored ranks last

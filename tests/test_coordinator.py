@@ -172,8 +172,13 @@ def test_honest_clients_record_ok_without_a_reason():
 
 
 # ------------------------------------------------------------ checkpoint
-def test_restored_coordinator_continues_like_an_uninterrupted_one():
-    settings = {"fraction-fit": 0.5, "fraction-evaluate": 0.5}
+@pytest.mark.parametrize(
+    "partial_rules",
+    [{}, {"refresh-stale": True, "aggregate-share": 0.5, "batch-step": 0.2}],
+    ids=["defaults", "partial-participation-rules"],
+)
+def test_restored_coordinator_continues_like_an_uninterrupted_one(partial_rules):
+    settings = {"fraction-fit": 0.5, "fraction-evaluate": 0.5, **partial_rules}
     original, weights = _coordinator(**settings), GLOBAL
     for server_round in (1, 2):
         _, weights = _round(original, server_round, weights)
@@ -255,3 +260,37 @@ def test_a_search_request_carries_only_grid_points_inside_the_space():
         assert instruction.batch_grid == (16, 32, 64)
         assert all(config.lr_min <= lr <= config.lr_max for lr in instruction.lr_grid)
         assert all(config.batch_min <= b <= config.batch_max for b in instruction.batch_grid)
+
+
+# ------------------------------------------------- partial participation
+def test_aggregate_share_averages_only_the_updates_whose_fits_improved_most():
+    coordinator = _coordinator(**{"aggregate-share": 0.5})
+    instructions = coordinator.start_fit(1, GLOBAL)
+    improvement = {cid: 0.1 * (cid + 1) for cid in instructions}  # 5 improves most
+    replies = {}
+    for cid, instruction in instructions.items():
+        reply = _honest(cid, instruction)
+        metrics = dict(reply.metrics)
+        metrics[LOSS_FIELDS["local_loss_after"]] = 1.0 - improvement[cid]
+        # Each update moves the model by 0.01 x its client's id.
+        moved = [w + np.float32(0.01 * cid) for w in GLOBAL]
+        replies[cid] = FitReply(metrics, reply.num_examples, moved)
+    new_weights = coordinator.finish_fit(replies)
+    assert coordinator.round.accepted == 6 and coordinator.round.aggregated == 3
+    # The best half is clients 3, 4 and 5, with equal examples: their mean id is 4.
+    np.testing.assert_allclose(new_weights[1], GLOBAL[1] + 0.04, rtol=1e-5)
+
+
+def test_aggregate_share_one_averages_every_accepted_update():
+    coordinator = _coordinator()
+    _round(coordinator, 1)
+    assert coordinator.round.aggregated == coordinator.round.accepted == 6
+
+
+def test_refreshed_clients_are_marked_in_the_round_record():
+    coordinator = _coordinator(**{"fraction-fit": 0.5, "refresh-stale": True})
+    first, _ = _round(coordinator, 1)
+    coordinator.close_round(None, None)
+    second, _ = _round(coordinator, 2)
+    marked = {c.id for c in coordinator.round.clients if c.refreshed}
+    assert marked == set(second) - set(first)

@@ -51,6 +51,23 @@ def update_problem(
     return check_update(update, reference, max_update_norm)[0]
 
 
+def best_share(scores: Sequence[float | None], share: float, minimum: int) -> list[int]:
+    """Positions of the updates to average: the best ``share`` by score (lower is better).
+
+    Keeps ``ceil(share * n)`` of the ``n`` updates, but never fewer than
+    ``minimum`` (nor more than ``n``), so that one client whose fit looked
+    best cannot become the global model on its own. Unscored updates rank
+    last; ties keep the given order. Returned ascending.
+    """
+    count = len(scores)
+    keep = min(count, max(minimum, int(np.ceil(share * count - 1e-9))))
+    ranked = sorted(
+        range(count),
+        key=lambda i: (scores[i] is None or not np.isfinite(scores[i]), scores[i] or 0.0, i),
+    )
+    return sorted(ranked[:keep])
+
+
 def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> Weights:
     """Average weights by each update's number of examples, in the order given.
 

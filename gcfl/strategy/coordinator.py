@@ -19,7 +19,7 @@ import numpy as np
 
 from gcfl.config import GcflConfig
 from gcfl.protocol import FitInstruction
-from gcfl.strategy.aggregation import weighted_average
+from gcfl.strategy.aggregation import best_share, weighted_average
 from gcfl.strategy.judge import (
     EvaluateVerdict,
     FitVerdict,
@@ -90,6 +90,7 @@ class Coordinator:
         self.previous_val_loss: float | None = None
         self.round: RoundRecord | None = None
         self._instructions: dict[int, FitInstruction] = {}
+        self._refreshed: set[int] = set()
         self._global_weights: Weights = []
         self._started = 0.0
 
@@ -99,6 +100,7 @@ class Coordinator:
         config = self.config
         count = num_sampled(len(self.capacity), config.fraction_fit, config.min_fit_clients)
         sampled = sample_clients(list(self.capacity), count, self.sampling_rng)
+        self._refreshed = self.policy.prepare(server_round, sampled)
         self._instructions = {cid: self._instruction(server_round, cid) for cid in sampled}
         self._global_weights = global_weights
         self._started = time.perf_counter()
@@ -149,8 +151,9 @@ class Coordinator:
             state = self.policy.states[client.id]
             client.cluster = labels.get(client.id)
             client.migrated = client.id in self.policy.migrants
+            client.refreshed = client.id in self._refreshed
             client.score = state.score
-        accepted = [verdicts[cid].update for cid in sorted(verdicts) if verdicts[cid].update]
+        accepted_ids = [cid for cid in sorted(verdicts) if verdicts[cid].update]
         self.completed_rounds = record.round
         if self._should_roll_back(verdicts, record.global_val_loss):
             record.status, record.accepted = "rolled-back", 0
@@ -160,14 +163,32 @@ class Coordinator:
                 None,
             )
             return restored
-        record.accepted = len(accepted)
+        record.accepted = len(accepted_ids)
         failures = any(v.outcome in ("refused", "failed", "timed-out") for v in verdicts.values())
-        if len(accepted) < self.config.min_fit_clients or (failures and not self.accept_failures):
+        if len(accepted_ids) < self.config.min_fit_clients or (
+            failures and not self.accept_failures
+        ):
             record.status = "failed"
             return None
+        averaged = self._averaged(accepted_ids)
+        record.aggregated = len(averaged)
         self.previous_weights = self._global_weights
         self.previous_val_loss = record.global_val_loss
-        return weighted_average(accepted)  # type: ignore[arg-type]
+        return weighted_average([verdicts[cid].update for cid in averaged])  # type: ignore[misc]
+
+    def _averaged(self, accepted_ids: list[int]) -> list[int]:
+        """The accepted clients whose updates are averaged (``aggregate-share``).
+
+        A round that samples few clients, some at lrs that barely move the
+        model, would otherwise be pulled back towards the old model by them;
+        the fitness the genetic step just computed says which fits moved it.
+        """
+        share = self.config.aggregate_share
+        if share >= 1.0 or self.config.strategy != "gcfl":
+            return accepted_ids
+        scores = [self.policy.states[cid].score for cid in accepted_ids]
+        minimum = max(2, self.config.min_fit_clients)
+        return [accepted_ids[i] for i in best_share(scores, share, minimum)]
 
     def _should_roll_back(
         self, verdicts: Mapping[int, FitVerdict], global_val_loss: float | None

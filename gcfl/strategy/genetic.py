@@ -56,6 +56,11 @@ class Mutation:
     {1 - scale, 1, 1 + scale}; the batch size only crosses over; no resampling.
     With a ``space`` and ``bounded``, the lr stays inside the search space; the
     notebook let it drift out (``bounded=False``).
+
+    ``batch_step``, under either rule: the chance that an offspring's batch
+    size then halves or doubles (FedPop's explore for a discrete dimension).
+    Crossover alone only reshuffles the batch sizes a population started
+    with, and selection soon leaves one of them.
     """
 
     # No defaults: the run config (gcfl.config.GcflConfig) is their one source;
@@ -65,8 +70,11 @@ class Mutation:
     resample: float
     space: SearchSpace | None
     bounded: bool
+    batch_step: float
 
     def __post_init__(self) -> None:
+        if not 0.0 <= self.batch_step < 1.0:
+            raise ValueError(f"batch_step must be in [0, 1), got {self.batch_step}")
         if self.rule not in MUTATION_RULES:
             raise ValueError(f"mutation rule must be one of {', '.join(MUTATION_RULES)}")
         if self.rule == "log" and self.space is None:
@@ -164,14 +172,47 @@ def _reflect(values: np.ndarray) -> np.ndarray:
     return np.where(values > 1.0, 2.0 - values, values)
 
 
+def step_batch_sizes(
+    batch_size: np.ndarray,
+    probability: float,
+    rng: np.random.Generator,
+    space: SearchSpace | None = None,
+) -> np.ndarray:
+    """Each batch size halves or doubles with ``probability`` (either way equally likely).
+
+    A step that would leave ``space``'s [batch_min, batch_max] goes the other
+    way, so the edges are not sticky. One uniform draw per batch size.
+    """
+    draws = rng.random(len(batch_size))
+    factor = np.where(draws < probability / 2, 0.5, np.where(draws < probability, 2.0, 1.0))
+    stepped = np.rint(batch_size * factor).astype(np.int64)
+    if space is None:
+        return np.maximum(stepped, 1)
+    reflected = np.where(
+        stepped > space.batch_max,
+        np.rint(batch_size * 0.5),
+        np.where(stepped < space.batch_min, batch_size * 2, stepped),
+    ).astype(np.int64)
+    return np.clip(reflected, space.batch_min, space.batch_max)
+
+
 def explore_pairs(
     lr: np.ndarray, batch_size: np.ndarray, mutation: Mutation, rng: np.random.Generator
 ) -> tuple[np.ndarray, np.ndarray]:
     """PBT's explore for arrays of inherited pairs: perturb each, or sometimes draw a fresh one.
 
     Draws, in this order: the resample coin of every pair, every step, the
-    fresh pairs.
+    fresh pairs, then (``batch_step`` > 0 only) the batch steps.
     """
+    lr, batch_size = _explore_by_rule(lr, batch_size, mutation, rng)
+    if mutation.batch_step > 0 and len(batch_size):
+        batch_size = step_batch_sizes(batch_size, mutation.batch_step, rng, mutation.space)
+    return lr, batch_size
+
+
+def _explore_by_rule(
+    lr: np.ndarray, batch_size: np.ndarray, mutation: Mutation, rng: np.random.Generator
+) -> tuple[np.ndarray, np.ndarray]:
     if mutation.rule == "linear":
         lr = mutate_lrs(lr, mutation.scale, rng)
         if mutation.bounded and mutation.space is not None:

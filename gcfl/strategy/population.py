@@ -23,7 +23,9 @@ from gcfl.strategy.genetic import (
     Cohort,
     Hyperparameters,
     Mutation,
+    breed,
     evolve,
+    fitness_order,
     migration,
     random_pairs,
 )
@@ -71,6 +73,11 @@ class ClientState:
     local_loss_before: float | None = None
     local_loss_after: float | None = None
     score: float | None = None
+    # What the client last trained with, and in which round: the pairs the
+    # population has evidence about (``lr``/``batch_size`` are its next pair).
+    trained_round: int | None = None
+    trained_lr: float | None = None
+    trained_batch_size: int | None = None
 
 
 @dataclass(frozen=True)
@@ -80,6 +87,9 @@ class GeneticSettings:
     ``dbscan_eps`` 0 chooses the radius from the population each time.
     ``migration`` is the share of a round's clients, from the worst, that
     breed from the round's best across clusters (0: clusters never exchange).
+    ``refresh_stale``: a sampled client that did not train in the latest round
+    with trained clients trains with an offspring of that round's best half
+    instead of its old pair (see :meth:`GeneticPopulation.prepare`).
     """
 
     # No defaults: the run config (gcfl.config.GcflConfig) is their one source, so
@@ -92,6 +102,7 @@ class GeneticSettings:
     recluster_every: int
     fitness: str
     migration: float
+    refresh_stale: bool
 
     @property
     def explore(self) -> Mutation:
@@ -114,10 +125,12 @@ class GeneticSettings:
                 space,
                 # The notebook's lr drifted past its range; gcfl's stays in the space.
                 bounded=config.rules != "notebook",
+                batch_step=config.batch_step,
             ),
             recluster_every=config.recluster_every,
             fitness=config.fitness,
             migration=config.migration,
+            refresh_stale=config.refresh_stale,
         )
 
 
@@ -138,6 +151,9 @@ class HyperparameterPolicy(Protocol):
     states: dict[int, ClientState]
     migrants: set[int]  # the clients whose next pair the last step bred from the round's best
 
+    def prepare(self, server_round: int, sampled: list[int]) -> set[int]:
+        """Update the pairs of ``sampled`` before their instructions; the clients changed."""
+
     def assignment(self, client_id: int) -> Hyperparameters | None:
         """The pair ``client_id`` trains with next; None when the client picks (init=search)."""
 
@@ -145,7 +161,9 @@ class HyperparameterPolicy(Protocol):
         """Take a round's reports; return the cluster of each client that trained."""
 
 
-def _record(states: dict[int, ClientState], reports: Mapping[int, Report]) -> None:
+def _record(
+    states: dict[int, ClientState], server_round: int, reports: Mapping[int, Report]
+) -> None:
     """Store what each client trained with and how it did; failed clients keep their state."""
     for client_id, report in reports.items():
         state = states[client_id]
@@ -153,6 +171,8 @@ def _record(states: dict[int, ClientState], reports: Mapping[int, Report]) -> No
         if report.status in TRAINED:
             if report.lr is not None and report.batch_size is not None:
                 state.lr, state.batch_size = report.lr, report.batch_size
+                state.trained_lr, state.trained_batch_size = report.lr, report.batch_size
+                state.trained_round = server_round
             state.loss = report.loss if report.status == "ok" else None
             state.loss_before = report.loss_before
             state.local_loss_before = report.local_loss_before
@@ -167,11 +187,14 @@ class FixedHyperparameters:
         self.states = {cid: ClientState(fixed.lr, fixed.batch_size) for cid in client_ids}
         self.migrants: set[int] = set()
 
+    def prepare(self, server_round: int, sampled: list[int]) -> set[int]:
+        return set()
+
     def assignment(self, client_id: int) -> Hyperparameters:
         return self.fixed
 
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
-        _record(self.states, reports)
+        _record(self.states, server_round, reports)
         return {}
 
 
@@ -209,6 +232,36 @@ class GeneticPopulation:
         """Clients pick their first pair themselves by a small grid search (seed In [8])."""
         return cls({cid: ClientState(None, None) for cid in client_ids}, settings, rng)
 
+    def prepare(self, server_round: int, sampled: list[int]) -> set[int]:
+        """PBT's exploit for the absent: stale sampled clients start from the latest best.
+
+        The genetic step evolves only the clients that trained in a round. When
+        a round samples a fraction of the federation, a client sampled now may
+        hold a pair from many rounds ago (or its random initial one) while the
+        population has since learnt better ones. With ``refresh_stale``, every
+        sampled client that did not train in the latest round with trained
+        clients gets an offspring (crossover, then mutation) of that round's
+        best half instead. Clients are taken in ascending id; no random draw
+        when none is stale, so full-participation runs keep their stream.
+        """
+        if not self.settings.refresh_stale:
+            return set()
+        pool, latest = latest_best(self.states)
+        stale = [cid for cid in sorted(sampled) if self.states[cid].trained_round != latest]
+        if len(pool) == 0 or not stale:
+            return set()
+        lrs, batch_sizes = breed(
+            pool,
+            np.zeros(len(stale), dtype=np.int64),
+            np.full(len(stale), len(pool)),
+            self.settings.explore,
+            self.rng,
+        )
+        lrs, batch_sizes = self._inside_space(lrs, batch_sizes)
+        for cid, lr, batch in zip(stale, lrs.tolist(), batch_sizes.tolist(), strict=True):
+            self.states[cid].lr, self.states[cid].batch_size = lr, batch
+        return set(stale)
+
     def assignment(self, client_id: int) -> Hyperparameters | None:
         state = self.states[client_id]
         if state.lr is None or state.batch_size is None:
@@ -216,7 +269,7 @@ class GeneticPopulation:
         return Hyperparameters(state.lr, state.batch_size)
 
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
-        _record(self.states, reports)
+        _record(self.states, server_round, reports)
         self._settle(reports)
         trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
         labels = self._labels(server_round, trained)
@@ -302,6 +355,47 @@ class GeneticPopulation:
         )
         found = cluster_labels(features, self.settings.dbscan_eps, self.settings.dbscan_min_samples)
         return {cid: int(label) for cid, label in zip(trained, found, strict=True)}
+
+
+def latest_best(states: Mapping[int, ClientState]) -> tuple[Cohort, int | None]:
+    """The best half (at least one) of the latest round's scored clients, by the pairs they
+    trained with, ascending id; and that round (None before any client trained).
+
+    Derived from the states alone, so a resumed run finds the same pool.
+    """
+    latest = max(
+        (s.trained_round for s in states.values() if s.trained_round is not None), default=None
+    )
+    scored = sorted(
+        cid
+        for cid, s in states.items()
+        if s.trained_round == latest
+        and latest is not None
+        and s.status == "ok"
+        and s.score is not None
+        and np.isfinite(s.score)
+        and s.trained_lr is not None
+        and s.trained_batch_size is not None
+    )
+    members = Cohort(
+        client_id=np.array(scored, dtype=np.int64),
+        lr=np.array([states[c].trained_lr for c in scored], dtype=np.float64),
+        batch_size=np.array([states[c].trained_batch_size for c in scored], dtype=np.int64),
+        score=np.array([states[c].score for c in scored], dtype=np.float64),
+        healthy=np.ones(len(scored), dtype=bool),
+    )
+    best = fitness_order(members)[: max(1, len(scored) // 2)] if scored else np.arange(0)
+    best = np.sort(best)  # ascending id: the draw depends on who, not on the ranking's ties
+    return (
+        Cohort(
+            members.client_id[best],
+            members.lr[best],
+            members.batch_size[best],
+            members.score[best],
+            members.healthy[best],
+        ),
+        latest,
+    )
 
 
 def states_to_dict(states: Mapping[int, ClientState]) -> dict[str, dict[str, Any]]:

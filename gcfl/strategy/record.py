@@ -42,6 +42,7 @@ class ClientRecord:
     update_ratio: float | None = None
     cluster: int | None = None
     migrated: bool = False
+    refreshed: bool = False  # trained with an offspring of the latest best, not its stale pair
     score: float | None = None
 
     @classmethod
@@ -75,6 +76,7 @@ class RoundRecord:
     round: int
     status: str = "ok"  # ok, failed (too few updates) or rolled-back
     accepted: int = 0
+    aggregated: int = 0  # of the accepted updates, those averaged (aggregate-share)
     global_val_loss: float | None = None
     accuracy: float | None = None
     loss: float | None = None
