@@ -61,14 +61,38 @@ ABLATION: dict[str, dict[str, Any]] = {
 # Issue 19's three rules for partial participation, each set explicitly (not
 # relative to the defaults), so the table means the same before and after
 # the defaults change.
-PARTIAL_OFF = {"refresh-stale": False, "aggregate-share": 1.0, "batch-step": 0.0}
+PARTIAL_OFF = {
+    "refresh-stale": 0.0,
+    "aggregate-share": 1.0,
+    "aggregate-floor": 0.0,
+    "batch-step": 0.0,
+}
 ABLATION.update(
     {
         "gcfl none of refresh/share/batch-step": PARTIAL_OFF,
-        "gcfl refresh-stale only": {**PARTIAL_OFF, "refresh-stale": True},
+        "gcfl refresh-stale only": {**PARTIAL_OFF, "refresh-stale": 1.0},
         "gcfl aggregate-share 0.5 only": {**PARTIAL_OFF, "aggregate-share": 0.5},
         "gcfl batch-step 0.2 only": {**PARTIAL_OFF, "batch-step": 0.2},
-        "gcfl all three": {"refresh-stale": True, "aggregate-share": 0.5, "batch-step": 0.2},
+        "gcfl all three": {
+            **PARTIAL_OFF,
+            "refresh-stale": 1.0,
+            "aggregate-share": 0.5,
+            "batch-step": 0.2,
+        },
+        "gcfl refresh-stale 0.5 only": {**PARTIAL_OFF, "refresh-stale": 0.5},
+        "gcfl aggregate-floor 0.1 only": {**PARTIAL_OFF, "aggregate-floor": 0.1},
+        "gcfl refresh 0.5 + floor 0.1 + batch-step 0.2": {
+            **PARTIAL_OFF,
+            "refresh-stale": 0.5,
+            "aggregate-floor": 0.1,
+            "batch-step": 0.2,
+        },
+        "gcfl refresh 0.5 + share 0.5 + batch-step 0.2": {
+            **PARTIAL_OFF,
+            "refresh-stale": 0.5,
+            "aggregate-share": 0.5,
+            "batch-step": 0.2,
+        },
     }
 )
 

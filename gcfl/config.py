@@ -37,7 +37,8 @@ NOTEBOOK_RULES: dict[str, Any] = {
     "resample": 0.0,
     "dbscan-eps": 0.15,
     "rollback": False,
-    "refresh-stale": False,
+    "refresh-stale": 0.0,
+    "aggregate-floor": 0.0,
     "aggregate-share": 1.0,
     "batch-step": 0.0,
 }
@@ -265,13 +266,13 @@ class GcflConfig:
             _fraction_closed_open,
         ),
     )
-    refresh_stale: bool = field(
-        default=False,
+    refresh_stale: float = field(
+        default=0.0,
         metadata=_key(
             "refresh-stale",
-            "a sampled client that did not train in the last round gets an offspring of "
-            "that round's best pairs instead of its old pair",
-            None,
+            "chance that a sampled client that did not train in the latest round gets an "
+            "offspring of that round's best half instead of its old pair",
+            _fraction_closed,
         ),
     )
     aggregate_share: float = field(
@@ -281,6 +282,15 @@ class GcflConfig:
             "share of a round's accepted updates, best by fitness, that are averaged "
             "(1: all, FedAvg's rule)",
             _fraction_open_closed,
+        ),
+    )
+    aggregate_floor: float = field(
+        default=0.0,
+        metadata=_key(
+            "aggregate-floor",
+            "average only the updates whose fit improved the loss by at least this share "
+            "of the round's best improvement (0: all)",
+            _fraction_closed_open,
         ),
     )
     init: str = field(default="random", metadata=_key("init", "random or search", _one_of(INITS)))

@@ -11,7 +11,12 @@ import numpy as np
 import pytest
 
 from gcfl.config import GcflConfig
-from gcfl.strategy.aggregation import best_share, update_problem, weighted_average
+from gcfl.strategy.aggregation import (
+    best_share,
+    improved_enough,
+    update_problem,
+    weighted_average,
+)
 from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, groups
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
@@ -651,7 +656,7 @@ class TestPartialParticipation:
         return GeneticPopulation.random_init(range(10), genetic_settings(SPACE, **settings), rng(5))
 
     def test_a_stale_client_gets_an_offspring_of_the_latest_round_best_half(self):
-        pop = self._population(refresh_stale=True)
+        pop = self._population(refresh_stale=1.0)
         trained = {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0}  # 0 and 1: the best half
         best = {cid: (pop.states[cid].lr, pop.states[cid].batch_size) for cid in (0, 1)}
         self._trained_round(pop, 1, trained)
@@ -668,20 +673,20 @@ class TestPartialParticipation:
             )
 
     def test_without_refresh_a_stale_client_keeps_its_pair(self):
-        pop = self._population(refresh_stale=False)
+        pop = self._population(refresh_stale=0.0)
         before = (pop.states[5].lr, pop.states[5].batch_size)
         self._trained_round(pop, 1, {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0})
         assert pop.prepare(2, [2, 5]) == set()
         assert (pop.states[5].lr, pop.states[5].batch_size) == before
 
     def test_nothing_is_refreshed_before_any_client_trained(self):
-        pop = self._population(refresh_stale=True)
+        pop = self._population(refresh_stale=1.0)
         before = states_to_dict(pop.states)
         assert pop.prepare(1, list(range(10))) == set()
         assert states_to_dict(pop.states) == before
 
     def test_the_best_pool_survives_a_checkpoint(self):
-        pop = self._population(refresh_stale=True)
+        pop = self._population(refresh_stale=1.0)
         self._trained_round(pop, 1, {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0})
         restored = GeneticPopulation(
             states_from_dict(json.loads(json.dumps(states_to_dict(pop.states)))),
@@ -719,3 +724,20 @@ class TestPartialParticipation:
         assert best_share(scores, 0.1, 2) == [1, 4]  # one alone would be the new model
         assert best_share(scores, 1.0, 2) == list(range(6))
         assert best_share([None, 0.2], 0.5, 1) == [1]  # unscored ranks last
+
+    def test_improved_enough_drops_the_fits_that_barely_moved_the_loss(self):
+        scores = [-0.4, -0.001, -0.1, None, 0.02, -0.03]
+        # A tenth of the best (-0.4) is -0.04: -0.001, 0.02 and -0.03 barely moved.
+        assert improved_enough(scores, 0.1, 2) == [0, 2, 3]
+        assert improved_enough(scores, 0.1, 4) == [0, 2, 3, 5]  # topped up, best first
+        assert improved_enough([0.01, 0.2], 0.1, 1) == [0, 1]  # no fit improved: keep all
+
+    def test_a_partial_refresh_leaves_some_stale_clients_their_own_pairs(self):
+        pop = self._population(refresh_stale=0.5)
+        self._trained_round(pop, 1, {0: -0.5, 1: -0.4, 2: -0.1, 3: 0.0})
+        stale = list(range(4, 10))
+        before = {cid: (pop.states[cid].lr, pop.states[cid].batch_size) for cid in stale}
+        refreshed = pop.prepare(2, stale)
+        assert 0 < len(refreshed) < len(stale)
+        for cid in set(stale) - refreshed:
+            assert (pop.states[cid].lr, pop.states[cid].batch_size) == before[cid]

@@ -174,7 +174,7 @@ def test_honest_clients_record_ok_without_a_reason():
 # ------------------------------------------------------------ checkpoint
 @pytest.mark.parametrize(
     "partial_rules",
-    [{}, {"refresh-stale": True, "aggregate-share": 0.5, "batch-step": 0.2}],
+    [{}, {"refresh-stale": 1.0, "aggregate-share": 0.5, "batch-step": 0.2}],
     ids=["defaults", "partial-participation-rules"],
 )
 def test_restored_coordinator_continues_like_an_uninterrupted_one(partial_rules):
@@ -288,7 +288,7 @@ def test_aggregate_share_one_averages_every_accepted_update():
 
 
 def test_refreshed_clients_are_marked_in_the_round_record():
-    coordinator = _coordinator(**{"fraction-fit": 0.5, "refresh-stale": True})
+    coordinator = _coordinator(**{"fraction-fit": 0.5, "refresh-stale": 1.0})
     first, _ = _round(coordinator, 1)
     coordinator.close_round(None, None)
     second, _ = _round(coordinator, 2)

@@ -61,11 +61,37 @@ def best_share(scores: Sequence[float | None], share: float, minimum: int) -> li
     """
     count = len(scores)
     keep = min(count, max(minimum, int(np.ceil(share * count - 1e-9))))
-    ranked = sorted(
-        range(count),
+    return sorted(_ranked(scores)[:keep])
+
+
+def improved_enough(scores: Sequence[float | None], floor: float, minimum: int) -> list[int]:
+    """Positions of the updates whose fit improved the loss by ``floor`` x the round's best.
+
+    ``scores`` are relative changes (-0.3: the loss fell by 30%). A fit at an
+    lr far too small barely moves the model, and averaged in it only pulls
+    the others back; a fit that improved its loss by a tenth of what the
+    round's best did is such a one at ``floor`` 0.1. Unscored updates are
+    kept (nothing says they did not help), as are all when no fit improved;
+    fewer than ``minimum`` are topped up best first. Returned ascending.
+    """
+    finite = [s for s in scores if s is not None and np.isfinite(s)]
+    best = min(finite, default=0.0)
+    if best >= 0:
+        return list(range(len(scores)))
+    keep = {i for i, s in enumerate(scores) if s is None or not np.isfinite(s) or s <= floor * best}
+    for i in _ranked(scores):
+        if len(keep) >= minimum:
+            break
+        keep.add(i)
+    return sorted(keep)
+
+
+def _ranked(scores: Sequence[float | None]) -> list[int]:
+    """Positions from the best score to the worst; unscored last, ties in order."""
+    return sorted(
+        range(len(scores)),
         key=lambda i: (scores[i] is None or not np.isfinite(scores[i]), scores[i] or 0.0, i),
     )
-    return sorted(ranked[:keep])
 
 
 def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> Weights:

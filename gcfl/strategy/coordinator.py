@@ -19,7 +19,7 @@ import numpy as np
 
 from gcfl.config import GcflConfig
 from gcfl.protocol import FitInstruction
-from gcfl.strategy.aggregation import best_share, weighted_average
+from gcfl.strategy.aggregation import best_share, improved_enough, weighted_average
 from gcfl.strategy.judge import (
     EvaluateVerdict,
     FitVerdict,
@@ -183,12 +183,18 @@ class Coordinator:
         model, would otherwise be pulled back towards the old model by them;
         the fitness the genetic step just computed says which fits moved it.
         """
-        share = self.config.aggregate_share
-        if share >= 1.0 or self.config.strategy != "gcfl":
+        config = self.config
+        if config.strategy != "gcfl":
             return accepted_ids
         scores = [self.policy.states[cid].score for cid in accepted_ids]
-        minimum = max(2, self.config.min_fit_clients)
-        return [accepted_ids[i] for i in best_share(scores, share, minimum)]
+        minimum = max(2, config.min_fit_clients)
+        kept = list(range(len(accepted_ids)))
+        if config.aggregate_floor > 0 and config.fitness != "loss":
+            kept = improved_enough(scores, config.aggregate_floor, minimum)
+        if config.aggregate_share < 1.0:
+            best = best_share([scores[i] for i in kept], config.aggregate_share, minimum)
+            kept = [kept[i] for i in best]
+        return [accepted_ids[i] for i in kept]
 
     def _should_roll_back(
         self, verdicts: Mapping[int, FitVerdict], global_val_loss: float | None

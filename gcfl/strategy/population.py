@@ -87,9 +87,9 @@ class GeneticSettings:
     ``dbscan_eps`` 0 chooses the radius from the population each time.
     ``migration`` is the share of a round's clients, from the worst, that
     breed from the round's best across clusters (0: clusters never exchange).
-    ``refresh_stale``: a sampled client that did not train in the latest round
-    with trained clients trains with an offspring of that round's best half
-    instead of its old pair (see :meth:`GeneticPopulation.prepare`).
+    ``refresh_stale``: the chance that a sampled client that did not train in
+    the latest round with trained clients trains with an offspring of that
+    round's best half instead of its old pair (see :meth:`GeneticPopulation.prepare`).
     """
 
     # No defaults: the run config (gcfl.config.GcflConfig) is their one source, so
@@ -102,7 +102,7 @@ class GeneticSettings:
     recluster_every: int
     fitness: str
     migration: float
-    refresh_stale: bool
+    refresh_stale: float
 
     @property
     def explore(self) -> Mutation:
@@ -240,16 +240,25 @@ class GeneticPopulation:
         hold a pair from many rounds ago (or its random initial one) while the
         population has since learnt better ones. With ``refresh_stale``, every
         sampled client that did not train in the latest round with trained
-        clients gets an offspring (crossover, then mutation) of that round's
-        best half instead. Clients are taken in ascending id; no random draw
-        when none is stale, so full-participation runs keep their stream.
+        clients gets, with that chance, an offspring (crossover, then
+        mutation) of that round's best half instead. Clients are taken in
+        ascending id; no random draw when none is stale, so
+        full-participation runs keep their stream.
         """
-        if not self.settings.refresh_stale:
+        chance = self.settings.refresh_stale
+        if chance <= 0:
             return set()
         pool, latest = latest_best(self.states)
         stale = [cid for cid in sorted(sampled) if self.states[cid].trained_round != latest]
         if len(pool) == 0 or not stale:
             return set()
+        if chance < 1:
+            # The rest keep their pairs: a pool learnt from one round of a few clients
+            # can be all bad, and a population that copied it would have nothing else.
+            draws = self.rng.random(len(stale))
+            stale = [cid for cid, draw in zip(stale, draws, strict=True) if draw < chance]
+            if not stale:
+                return set()
         lrs, batch_sizes = breed(
             pool,
             np.zeros(len(stale), dtype=np.int64),
