@@ -346,6 +346,24 @@ def test_a_full_worker_is_unavailable_so_the_client_falls_back(tmp_path):
             )
 
 
+def test_a_full_worker_is_told_busy_even_while_the_request_is_still_being_sent(tmp_path):
+    # The worker writes "busy" and closes without reading: a request larger
+    # than the socket buffers meets a broken pipe, but the reply is waiting.
+    worker = _serve_in_thread(tmp_path / "w.sock", request_timeout_s=5.0, max_connections=1)
+    with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as stalled:
+        stalled.connect(worker)
+        with pytest.raises(WorkerUnavailable, match="busy"):
+            fit_on_worker(
+                worker,
+                partition_id=0,
+                num_partitions=5,
+                run_config=RUN_CONFIG,
+                parameters=[np.zeros(4_000_000, dtype=np.float32)],
+                fit_config=FIT_CONFIG,
+                deadline_s=30.0,
+            )
+
+
 def test_a_client_that_has_its_reply_may_connect_again_at_once(tmp_path):
     # The slot is freed before the reply is sent: otherwise the next request
     # of the same client races the previous handler and can be told "busy".

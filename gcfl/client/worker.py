@@ -280,6 +280,17 @@ def _left(deadline: float) -> float:
     return deadline - time.monotonic()
 
 
+def _reply_left_before_close(
+    connection: socket.socket, send_error: OSError
+) -> tuple[dict[str, Any], list]:
+    # A full worker writes its "busy" reply and closes without reading, so
+    # our send can fail while that reply still waits in our receive buffer.
+    try:
+        return receive_message(connection, timeout_s=1.0, what="reply")
+    except (OSError, ProtocolError):
+        raise send_error from None
+
+
 # --- ClientApp side ----------------------------------------------------------
 
 
@@ -316,15 +327,21 @@ def fit_on_worker(
             # The worker drops the request if the training lock is not free
             # before then: nobody would read the reply any more.
             request["deadline-s"] = _left(deadline)
-            send_message(
-                connection,
-                request,
-                parameters,
-                timeout_s=min(MESSAGE_TIMEOUT_S, _left(deadline)),
-                what="request",
-            )
-            replying = True
-            reply, weights = receive_message(connection, timeout_s=_left(deadline), what="reply")
+            try:
+                send_message(
+                    connection,
+                    request,
+                    parameters,
+                    timeout_s=min(MESSAGE_TIMEOUT_S, _left(deadline)),
+                    what="request",
+                )
+            except (BrokenPipeError, ConnectionResetError) as send_error:
+                reply, weights = _reply_left_before_close(connection, send_error)
+            else:
+                replying = True
+                reply, weights = receive_message(
+                    connection, timeout_s=_left(deadline), what="reply"
+                )
     except (OSError, ProtocolError) as error:
         if _left(deadline) <= 0 or (replying and isinstance(error, MessageTimeout)):
             raise WorkerTimeout(
@@ -353,10 +370,16 @@ def ping(socket_path: str, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(timeout_s)
             connection.connect(socket_path)
-            send_message(
-                connection, {"version": PROTOCOL_VERSION, "method": "ping"}, timeout_s=timeout_s
-            )
-            reply, _ = receive_message(connection, timeout_s=timeout_s, what="reply")
+            try:
+                send_message(
+                    connection,
+                    {"version": PROTOCOL_VERSION, "method": "ping"},
+                    timeout_s=timeout_s,
+                )
+            except (BrokenPipeError, ConnectionResetError) as send_error:
+                reply, _ = _reply_left_before_close(connection, send_error)
+            else:
+                reply, _ = receive_message(connection, timeout_s=timeout_s, what="reply")
     except (OSError, ProtocolError):
         return False
     return bool(reply.get("ok"))
