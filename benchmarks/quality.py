@@ -87,6 +87,19 @@ ABLATION.update(
             "aggregate-floor": 0.1,
             "batch-step": 0.2,
         },
+        "gcfl refresh 0.5 + floor 0.2 + batch-step 0.2": {
+            **PARTIAL_OFF,
+            "refresh-stale": 0.5,
+            "aggregate-floor": 0.2,
+            "batch-step": 0.2,
+        },
+        "gcfl refresh 0.5 + floor 0.1 + share 0.5 + batch-step 0.2": {
+            **PARTIAL_OFF,
+            "refresh-stale": 0.5,
+            "aggregate-floor": 0.1,
+            "aggregate-share": 0.5,
+            "batch-step": 0.2,
+        },
         "gcfl refresh 0.5 + share 0.5 + batch-step 0.2": {
             **PARTIAL_OFF,
             "refresh-stale": 0.5,
