@@ -203,3 +203,13 @@ def test_algorithm_settings_defaults_are_the_run_configs(settings_class):
 def test_a_search_grid_with_too_few_points_inside_the_space_is_refused(overrides, named):
     with pytest.raises(ConfigError, match=named):
         parse_run_config(overrides)
+
+
+def test_readme_documents_every_run_config_key():
+    # A key missing from the README's table is a key a user cannot discover.
+    readme = (PYPROJECT.parent / "README.md").read_text()
+    section = readme.split("## Run configuration", 1)[1].split("\n## ", 1)[0]
+    rows = [line for line in section.splitlines() if line.startswith("| `")]
+    documented = {key for row in rows for key in row.split("|")[1].strip().strip("`").split("`, `")}
+    missing = sorted(set(default_run_config()) - documented)
+    assert not missing, f"README's run-configuration table lacks {missing}"
