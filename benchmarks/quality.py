@@ -108,6 +108,24 @@ ABLATION.update(
         },
     }
 )
+# One key more than "refresh 0.5 + floor 0.1 + batch-step 0.2", to see whether
+# dirichlet's gap under sampling is a knob away (it is not: BENCHMARKS section 0).
+PARTIAL_A = {**PARTIAL_OFF, "refresh-stale": 0.5, "aggregate-floor": 0.1, "batch-step": 0.2}
+ABLATION.update(
+    {
+        f"A + {key}={value}": {**PARTIAL_A, key: value}
+        for key, value in (
+            ("lr-max", 1e-2),
+            ("fitness", "val-improvement"),
+            ("rollback-tolerance", 0.0),
+            ("migration", 0.25),
+            ("max-update-norm", 0.1),
+            ("max-update-norm", 0.15),
+            ("max-update-norm", 0.25),
+            ("init", "search"),
+        )
+    }
+)
 
 
 def job_dir(out: Path, partition: str, variant: str, seed: int) -> Path:
