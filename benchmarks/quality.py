@@ -67,6 +67,8 @@ PARTIAL_OFF = {
     "aggregate-floor": 0.0,
     "batch-step": 0.0,
 }
+# "A" in BENCHMARKS section 0: the best combination found for partial participation.
+PARTIAL_A = {**PARTIAL_OFF, "refresh-stale": 0.5, "aggregate-floor": 0.1, "batch-step": 0.2}
 ABLATION.update(
     {
         "gcfl none of refresh/share/batch-step": PARTIAL_OFF,
@@ -81,36 +83,21 @@ ABLATION.update(
         },
         "gcfl refresh-stale 0.5 only": {**PARTIAL_OFF, "refresh-stale": 0.5},
         "gcfl aggregate-floor 0.1 only": {**PARTIAL_OFF, "aggregate-floor": 0.1},
-        "gcfl refresh 0.5 + floor 0.1 + batch-step 0.2": {
-            **PARTIAL_OFF,
-            "refresh-stale": 0.5,
-            "aggregate-floor": 0.1,
-            "batch-step": 0.2,
-        },
-        "gcfl refresh 0.5 + floor 0.2 + batch-step 0.2": {
-            **PARTIAL_OFF,
-            "refresh-stale": 0.5,
-            "aggregate-floor": 0.2,
-            "batch-step": 0.2,
-        },
+        "gcfl refresh 0.5 + floor 0.1 + batch-step 0.2": PARTIAL_A,
+        "gcfl refresh 0.5 + floor 0.2 + batch-step 0.2": {**PARTIAL_A, "aggregate-floor": 0.2},
         "gcfl refresh 0.5 + floor 0.1 + share 0.5 + batch-step 0.2": {
-            **PARTIAL_OFF,
-            "refresh-stale": 0.5,
-            "aggregate-floor": 0.1,
+            **PARTIAL_A,
             "aggregate-share": 0.5,
-            "batch-step": 0.2,
         },
         "gcfl refresh 0.5 + share 0.5 + batch-step 0.2": {
-            **PARTIAL_OFF,
-            "refresh-stale": 0.5,
+            **PARTIAL_A,
+            "aggregate-floor": 0.0,
             "aggregate-share": 0.5,
-            "batch-step": 0.2,
         },
     }
 )
-# One key more than "refresh 0.5 + floor 0.1 + batch-step 0.2", to see whether
-# dirichlet's gap under sampling is a knob away (it is not: BENCHMARKS section 0).
-PARTIAL_A = {**PARTIAL_OFF, "refresh-stale": 0.5, "aggregate-floor": 0.1, "batch-step": 0.2}
+# A with one key more, to see whether dirichlet's gap under sampling is a knob
+# away (it is not: BENCHMARKS section 0).
 ABLATION.update(
     {
         f"A + {key}={value}": {**PARTIAL_A, key: value}
