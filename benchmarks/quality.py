@@ -110,9 +110,26 @@ ABLATION.update(
             ("max-update-norm", 0.15),
             ("max-update-norm", 0.25),
             ("init", "search"),
+            ("aggregate-clip", 1.0),
+            ("aggregate-clip", 2.0),
+            ("batch-max", 64),
         )
     }
 )
+ABLATION.update(
+    {
+        f"gcfl + {key}={value}": {key: value}
+        for key, value in (
+            ("aggregate-clip", 1.0),
+            ("batch-max", 64),
+        )
+    }
+)
+ABLATION["A + aggregate-clip=1.0 + batch-max=64"] = {
+    **PARTIAL_A,
+    "aggregate-clip": 1.0,
+    "batch-max": 64,
+}
 
 
 def job_dir(out: Path, partition: str, variant: str, seed: int) -> Path:

@@ -39,6 +39,7 @@ NOTEBOOK_RULES: dict[str, Any] = {
     "rollback": False,
     "refresh-stale": 0.0,
     "aggregate-floor": 0.0,
+    "aggregate-clip": 0.0,
     "aggregate-share": 1.0,
     "batch-step": 0.0,
 }
@@ -291,6 +292,15 @@ class GcflConfig:
             "average only the updates whose fit improved the loss by at least this share "
             "of the round's best improvement (0: all)",
             _fraction_closed_open,
+        ),
+    )
+    aggregate_clip: float = field(
+        default=0.0,
+        metadata=_key(
+            "aggregate-clip",
+            "before averaging, shorten every update that moves the global model further "
+            "than this many times the round's median move, to that length (0: off)",
+            lambda v: None if v == 0 or v >= 1 else "must be 0 (off) or >= 1",
         ),
     )
     init: str = field(default="random", metadata=_key("init", "random or search", _one_of(INITS)))

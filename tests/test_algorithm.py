@@ -13,7 +13,9 @@ import pytest
 from gcfl.config import GcflConfig
 from gcfl.strategy.aggregation import (
     best_share,
+    clip_factors,
     improved_enough,
+    shortened,
     update_problem,
     weighted_average,
 )
@@ -731,6 +733,22 @@ class TestPartialParticipation:
         assert improved_enough(scores, 0.1, 2) == [0, 2, 3]
         assert improved_enough(scores, 0.1, 4) == [0, 2, 3, 5]  # topped up, best first
         assert improved_enough([0.01, 0.2], 0.1, 1) == [0, 1]  # no fit improved: keep all
+
+    def test_clip_factors_shorten_only_the_moves_beyond_clip_times_the_median(self):
+        ratios = [0.1, 0.2, None, 0.4, 2.0]
+        # The median of the known ratios is 0.3; at clip 1 the limit is 0.3, at 2 it is 0.6.
+        assert clip_factors(ratios, 1.0) == pytest.approx([1, 1, 1, 0.75, 0.15])
+        assert clip_factors(ratios, 2.0) == pytest.approx([1, 1, 1, 1, 0.3])
+        assert clip_factors(ratios, 0.0) == [1.0] * 5
+        assert clip_factors([None, None], 1.0) == [1.0, 1.0]
+
+    def test_a_shortened_update_keeps_its_direction_and_dtype(self):
+        reference = [np.array([1.0, 1.0], np.float32)]
+        (moved,) = shortened([np.array([3.0, -1.0], np.float32)], reference, 0.25)
+        np.testing.assert_allclose(moved, [1.5, 0.5])
+        assert moved.dtype == np.float32
+        update = [np.array([3.0, -1.0], np.float32)]
+        assert shortened(update, reference, 1.0)[0] is update[0]
 
     def test_a_partial_refresh_leaves_some_stale_clients_their_own_pairs(self):
         pop = self._population(refresh_stale=0.5)

@@ -192,13 +192,15 @@ def test_no_retrace_across_batch_sizes_and_client_sizes():
     model = build_model("tests.tiny_model:build", (8, 8, 1), 10, seed=0)
     start = model.get_weights()
     fit_once(model, start, digits(3), 1e-3, 16, 2, 10.0, seed=0)
-    steps = compiled_steps(model)
-    assert (steps.train_traces, steps.eval_traces) == (1, 1)
-    for partition, batch_size, epochs in ((0, 33, 1), (4, 128, 2), (8, 17, 3)):
-        fit_once(model, start, digits(partition), 1e-3, batch_size, epochs, 10.0, seed=1)
     test = load_dataset("digits", "", 42)
     evaluate_weights(model, start, test.x_test, test.y_test)
-    assert (steps.train_traces, steps.eval_traces) == (1, 1)
+    steps = compiled_steps(model)
+    # One trace of the train loop, one of each evaluation (both splits; one array).
+    assert (steps.train_traces, steps.eval_traces) == (1, 2)
+    for partition, batch_size, epochs in ((0, 33, 1), (4, 128, 2), (8, 17, 3)):
+        fit_once(model, start, digits(partition), 1e-3, batch_size, epochs, 10.0, seed=1)
+    evaluate_weights(model, start, test.x_test[:7], test.y_test[:7])
+    assert (steps.train_traces, steps.eval_traces) == (1, 2)
 
 
 def test_search_init_reports_the_loss_of_the_received_weights():

@@ -281,6 +281,27 @@ def test_aggregate_share_averages_only_the_updates_whose_fits_improved_most():
     np.testing.assert_allclose(new_weights[1], GLOBAL[1] + 0.04, rtol=1e-5)
 
 
+def test_aggregate_clip_shortens_the_update_that_moves_furthest_to_the_median_move():
+    coordinator = _coordinator(**{"aggregate-clip": 1.0, "max-update-norm": 10.0})
+    instructions = coordinator.start_fit(1, GLOBAL)
+    replies = {}
+    for cid, instruction in instructions.items():
+        reply = _honest(cid, instruction)
+        # Five clients move the bias by 0.01; client 5 moves it 100 times as far.
+        step = 1.0 if cid == 5 else 0.01
+        moved = [GLOBAL[0], GLOBAL[1] + np.float32(step)]
+        replies[cid] = FitReply(reply.metrics, reply.num_examples, moved)
+    new_weights = coordinator.finish_fit(replies)
+    assert coordinator.round.aggregated == 6
+    # Clipped, client 5 counts as one more move of 0.01: the mean stays 0.01.
+    np.testing.assert_allclose(new_weights[1], GLOBAL[1] + 0.01, rtol=1e-5)
+    unclipped = _coordinator(**{"max-update-norm": 10.0})
+    unclipped.start_fit(1, GLOBAL)
+    np.testing.assert_allclose(
+        unclipped.finish_fit(replies)[1], GLOBAL[1] + (5 * 0.01 + 1.0) / 6, rtol=1e-5
+    )
+
+
 def test_aggregate_share_one_averages_every_accepted_update():
     coordinator = _coordinator()
     _round(coordinator, 1)

@@ -58,7 +58,9 @@ class CompiledSteps:
 
     Every argument is a tensor with a free leading dimension, so clients of
     any size and any batch size reuse the one trace; ``train_traces`` and
-    ``eval_traces`` count traces (they only grow while tracing). The model
+    ``eval_traces`` count traces (they only grow while tracing; the two
+    evaluation functions, ``evaluate`` and ``evaluate_splits``, count in
+    ``eval_traces``). The model
     is held weakly, so that a model dropped from ``cached_model`` can go.
     """
 
@@ -68,6 +70,7 @@ class CompiledSteps:
         self.eval_traces = 0
         self._train: tf.types.experimental.PolymorphicFunction | None = None
         self._evaluate: tf.types.experimental.PolymorphicFunction | None = None
+        self._evaluate_splits: tf.types.experimental.PolymorphicFunction | None = None
         # Dropout and other random layers draw from SeedGenerator states that
         # advance on every call; they are re-seeded per fit so that the same
         # seed repeats a fit (keras.utils.set_random_seed leaves them as they are).
@@ -102,10 +105,34 @@ class CompiledSteps:
             return math.nan, math.nan
         if self._evaluate is None:
             self._evaluate = tf.function(
-                self._evaluate_loop, input_signature=self._specs(x), autograph=False
+                self._evaluate_one, input_signature=self._specs(x), autograph=False
             )
         loss, accuracy = self._evaluate(x, y)
         return float(loss), float(accuracy)
+
+    def evaluate_splits(
+        self, train: tuple[np.ndarray, np.ndarray], val: tuple[np.ndarray, np.ndarray]
+    ) -> tuple[float, float, float]:
+        """The training split's loss, the validation split's loss and accuracy (NaN if empty).
+
+        One call for both: a fit needs them together twice (received and trained
+        weights), and each call of a compiled function costs a few ms on its own.
+        """
+        if self._evaluate_splits is None:
+            self._evaluate_splits = tf.function(
+                self._evaluate_both, input_signature=self._specs(train[0]) * 2, autograph=False
+            )
+        train_loss, val_loss, val_accuracy = self._evaluate_splits(*train, *val)
+        return float(train_loss), float(val_loss), float(val_accuracy)
+
+    def _evaluate_one(self, x: tf.Tensor, y: tf.Tensor):
+        self.eval_traces += 1
+        return self._evaluate_loop(x, y)
+
+    def _evaluate_both(self, x: tf.Tensor, y: tf.Tensor, x_val: tf.Tensor, y_val: tf.Tensor):
+        self.eval_traces += 1
+        # An empty split divides 0 by 0: NaN, as ``evaluate`` returns for one.
+        return self._evaluate_loop(x, y)[0], *self._evaluate_loop(x_val, y_val)
 
     def _train_loop(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch_size: tf.Tensor):
         self.train_traces += 1
@@ -141,7 +168,6 @@ class CompiledSteps:
         return losses.stack()
 
     def _evaluate_loop(self, x: tf.Tensor, y: tf.Tensor):
-        self.eval_traces += 1
         model = self._model()
         num_samples = tf.shape(x)[0]
 
@@ -267,13 +293,16 @@ def _fit(
     sizes[-1] = len(x) - batch_size * (per_epoch - 1)
     first_loss = float(losses[0])
     train_loss = float(np.dot(losses[-per_epoch:].astype(np.float64), sizes) / len(x))
-    val_loss, val_accuracy = steps.evaluate(*_arrays(data.x_val, data.y_val))
+    train_loss_after, val_loss, val_accuracy = steps.evaluate_splits(
+        (x, y), _arrays(data.x_val, data.y_val)
+    )
     new_weights = model.get_weights()
     diverged = divergence(first_loss, train_loss, val_loss, diverge_factor) or not _finite(
         new_weights
     )
     val_loss_before, train_loss_before = before
-    train_loss_after = math.nan if diverged else steps.evaluate(x, y)[0]
+    if diverged:
+        train_loss_after = math.nan
     return FitOutcome(
         weights=None if diverged else new_weights,
         lr=lr_used,
@@ -293,8 +322,9 @@ def _losses_before(
     model: keras.Model, weights: list[np.ndarray], data: ClientData
 ) -> tuple[float, float]:
     """Validation and training loss of the received ``weights``; leaves them in ``model``."""
-    train_loss, _ = evaluate_weights(model, weights, data.x_train, data.y_train)
-    val_loss, _ = evaluate_weights(model, weights, data.x_val, data.y_val)
+    model.set_weights(weights)
+    splits = _arrays(data.x_train, data.y_train), _arrays(data.x_val, data.y_val)
+    train_loss, val_loss, _ = compiled_steps(model).evaluate_splits(*splits)
     return val_loss, train_loss
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -9,21 +10,24 @@ import numpy as np
 Weights = list[np.ndarray]
 
 
+def _squared_norm(values: np.ndarray, minus: np.ndarray | None = None) -> float:
+    """Sum of squares of ``values - minus`` in float64 (inf or NaN if any value is)."""
+    flat = values.astype(np.float64).ravel()
+    if minus is not None:
+        flat -= minus.ravel()
+    return float(np.dot(flat, flat))
+
+
 def update_ratio(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float | None:
     """||update - reference|| / ||reference||: how far one round moves the global model.
 
     None when the reference is all zeros (no scale to compare against).
     """
-    scale = np.sqrt(sum(float(np.sum(np.square(o, dtype=np.float64))) for o in reference))
+    scale = math.sqrt(sum(_squared_norm(o) for o in reference))
     if scale == 0:
         return None
-    delta = np.sqrt(
-        sum(
-            float(np.sum(np.square(n.astype(np.float64) - o)))
-            for n, o in zip(update, reference, strict=True)
-        )
-    )
-    return float(delta / scale)
+    delta = math.sqrt(sum(_squared_norm(n, o) for n, o in zip(update, reference, strict=True)))
+    return delta / scale
 
 
 def check_update(
@@ -36,9 +40,16 @@ def check_update(
     for index, (new, old) in enumerate(zip(update, reference, strict=True)):
         if new.shape != old.shape:
             return f"array {index} has shape {new.shape}, expected {old.shape}", None
-        if not np.all(np.isfinite(new)):
+    # One pass per array: the squared distance is finite exactly when every value is
+    # (float32 squares cannot overflow float64), and it is the ratio's numerator.
+    squared = 0.0
+    for index, (new, old) in enumerate(zip(update, reference, strict=True)):
+        part = _squared_norm(new, old)
+        if not math.isfinite(part):
             return f"array {index} has non-finite values", None
-    ratio = update_ratio(update, reference)
+        squared += part
+    scale = math.sqrt(sum(_squared_norm(o) for o in reference))
+    ratio = math.sqrt(squared) / scale if scale > 0 else None
     if max_update_norm is not None and ratio is not None and ratio > max_update_norm:
         return f"update norm is {ratio:.3g} x the global model's, above max-update-norm", ratio
     return None, ratio
@@ -92,6 +103,35 @@ def _ranked(scores: Sequence[float | None]) -> list[int]:
         range(len(scores)),
         key=lambda i: (scores[i] is None or not np.isfinite(scores[i]), scores[i] or 0.0, i),
     )
+
+
+def clip_factors(ratios: Sequence[float | None], clip: float) -> list[float]:
+    """Scale factors that shorten every update to at most ``clip`` x the median's length.
+
+    ``ratios`` are the updates' :func:`update_ratio` (their distance from the
+    global model, all on one scale). In a round whose clients train at lrs
+    decades apart, the few at the largest lrs move the model furthest and so
+    outweigh all others in the average; on skewed local data their moves are
+    also the most local. Shortened to ``clip`` x the median, each update counts
+    by its direction. Updates without a ratio keep theirs (factor 1).
+    """
+    known = [r for r in ratios if r is not None and r > 0]
+    if clip <= 0 or not known:
+        return [1.0] * len(ratios)
+    limit = clip * float(np.median(known))
+    return [1.0 if r is None or r <= limit else limit / r for r in ratios]
+
+
+def shortened(
+    update: Sequence[np.ndarray], reference: Sequence[np.ndarray], factor: float
+) -> Weights:
+    """``reference + factor * (update - reference)``, in each array's dtype (``update`` if 1)."""
+    if factor == 1.0:
+        return list(update)
+    return [
+        (old.astype(np.float64) + factor * (new.astype(np.float64) - old)).astype(new.dtype)
+        for new, old in zip(update, reference, strict=True)
+    ]
 
 
 def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> Weights:

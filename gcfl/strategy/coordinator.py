@@ -19,7 +19,13 @@ import numpy as np
 
 from gcfl.config import GcflConfig
 from gcfl.protocol import FitInstruction
-from gcfl.strategy.aggregation import best_share, improved_enough, weighted_average
+from gcfl.strategy.aggregation import (
+    best_share,
+    clip_factors,
+    improved_enough,
+    shortened,
+    weighted_average,
+)
 from gcfl.strategy.judge import (
     EvaluateVerdict,
     FitVerdict,
@@ -174,7 +180,16 @@ class Coordinator:
         record.aggregated = len(averaged)
         self.previous_weights = self._global_weights
         self.previous_val_loss = record.global_val_loss
-        return weighted_average([verdicts[cid].update for cid in averaged])  # type: ignore[misc]
+        updates = [verdicts[cid].update for cid in averaged]
+        if self.config.strategy == "gcfl" and self.config.aggregate_clip > 0:
+            factors = clip_factors(
+                [verdicts[cid].update_ratio for cid in averaged], self.config.aggregate_clip
+            )
+            updates = [
+                (shortened(weights, self._global_weights, factor), count)
+                for (weights, count), factor in zip(updates, factors, strict=True)  # type: ignore[misc]
+            ]
+        return weighted_average(updates)  # type: ignore[arg-type]
 
     def _averaged(self, accepted_ids: list[int]) -> list[int]:
         """The accepted clients whose updates are averaged (``aggregate-share``).
