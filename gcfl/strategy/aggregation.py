@@ -18,30 +18,21 @@ def _squared_norm(values: np.ndarray, minus: np.ndarray | None = None) -> float:
     return float(np.dot(flat, flat))
 
 
-def update_ratio(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float | None:
-    """||update - reference|| / ||reference||: how far one round moves the global model.
-
-    None when the reference is all zeros (no scale to compare against).
-    """
-    scale = math.sqrt(sum(_squared_norm(o) for o in reference))
-    if scale == 0:
-        return None
-    delta = math.sqrt(sum(_squared_norm(n, o) for n, o in zip(update, reference, strict=True)))
-    return delta / scale
-
-
 def check_update(
     update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
 ) -> tuple[str | None, float | None]:
-    """Why ``update`` must not be aggregated into ``reference`` (None: it is fine), and its
-    :func:`update_ratio` once its shapes and values have passed."""
+    """Why ``update`` must not be aggregated into ``reference`` (None: it is fine), and,
+    once its shapes and values have passed, its ratio ||update - reference|| /
+    ||reference||: how far one round moves the global model (None when the
+    reference is all zeros, which gives no scale)."""
     if len(update) != len(reference):
         return f"{len(update)} arrays, expected {len(reference)}", None
     for index, (new, old) in enumerate(zip(update, reference, strict=True)):
         if new.shape != old.shape:
             return f"array {index} has shape {new.shape}, expected {old.shape}", None
     # One pass per array: the squared distance is finite exactly when every value is
-    # (float32 squares cannot overflow float64), and it is the ratio's numerator.
+    # (float32 squares cannot overflow float64; a float64 value whose square does is
+    # refused as non-finite too), and it is the ratio's numerator.
     squared = 0.0
     for index, (new, old) in enumerate(zip(update, reference, strict=True)):
         part = _squared_norm(new, old)
@@ -108,7 +99,7 @@ def _ranked(scores: Sequence[float | None]) -> list[int]:
 def clip_factors(ratios: Sequence[float | None], clip: float) -> list[float]:
     """Scale factors that shorten every update to at most ``clip`` x the median's length.
 
-    ``ratios`` are the updates' :func:`update_ratio` (their distance from the
+    ``ratios`` are the updates' ratios from :func:`check_update` (their distance from the
     global model, all on one scale). In a round whose clients train at lrs
     decades apart, the few at the largest lrs move the model furthest and so
     outweigh all others in the average; on skewed local data their moves are
