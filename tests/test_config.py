@@ -105,6 +105,8 @@ def test_unknown_key_lists_the_valid_ones():
         ({"model": "no_colon"}, "model"),
         ({"diverge-factor": 1.0}, "diverge-factor"),
         ({"lr-min": float("nan")}, "lr-min"),
+        ({"aggregate-clip": 0.5}, "aggregate-clip"),
+        ({"aggregate-clip": float("nan")}, "aggregate-clip"),
     ],
 )
 def test_bad_values_name_the_key(overrides, named):
