@@ -293,6 +293,7 @@ def _fit(
     sizes[-1] = len(x) - batch_size * (per_epoch - 1)
     first_loss = float(losses[0])
     train_loss = float(np.dot(losses[-per_epoch:].astype(np.float64), sizes) / len(x))
+    # The training split's loss comes with the validation pass; a diverged fit drops it.
     train_loss_after, val_loss, val_accuracy = steps.evaluate_splits(
         (x, y), _arrays(data.x_val, data.y_val)
     )

@@ -27,14 +27,13 @@ def check_update(
     reference is all zeros, which gives no scale)."""
     if len(update) != len(reference):
         return f"{len(update)} arrays, expected {len(reference)}", None
+    squared = 0.0
     for index, (new, old) in enumerate(zip(update, reference, strict=True)):
         if new.shape != old.shape:
             return f"array {index} has shape {new.shape}, expected {old.shape}", None
-    # One pass per array: the squared distance is finite exactly when every value is
-    # (float32 squares cannot overflow float64; a float64 value whose square does is
-    # refused as non-finite too), and it is the ratio's numerator.
-    squared = 0.0
-    for index, (new, old) in enumerate(zip(update, reference, strict=True)):
+        # One pass per array: the squared distance is finite exactly when every value is
+        # (float32 squares cannot overflow float64; a float64 value whose square does is
+        # refused as non-finite too), and it is the ratio's numerator.
         part = _squared_norm(new, old)
         if not math.isfinite(part):
             return f"array {index} has non-finite values", None
