@@ -22,6 +22,7 @@ STRATEGIES = ("gcfl", "fedavg")
 RULE_PRESETS = ("gcfl", "notebook")
 FITNESS_RULES = ("improvement", "val-improvement", "loss")
 MUTATION_RULES = ("log", "linear")
+CROSSOVER_RULES = ("pick", "blend")
 INITS = ("random", "search")
 PARTITIONS = ("slices", "iid", "dirichlet")
 BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
@@ -32,6 +33,7 @@ BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
 NOTEBOOK_RULES: dict[str, Any] = {
     "fitness": "loss",
     "migration": 0.0,
+    "crossover": "pick",
     "mutation": "linear",
     "mutation-scale": 0.1,
     "resample": 0.0,
@@ -100,6 +102,32 @@ def _fraction_closed(value: float) -> str | None:
 
 def _fraction_closed_open(value: float) -> str | None:
     return None if 0 <= value < 1 else "must be in [0, 1)"
+
+
+# The values of refresh-stale, aggregate-floor, batch-step (-1) and crossover ("auto") that
+# let gcfl choose by the federation: (when rounds sample a fraction of the clients, when
+# every client trains). BENCHMARKS.md section 0: under sampling these rules win on average
+# over the four settings measured; with every client training the floor, the batch step
+# and blending each cost accuracy (the floor drops useful small updates), and no client
+# is stale.
+AUTO = -1.0
+AUTO_RULE = "auto"
+BY_PARTICIPATION: dict[str, tuple[float | str, float | str]] = {
+    "refresh_stale": (0.5, 0.0),
+    "aggregate_floor": (0.1, 0.0),
+    "batch_step": (0.2, 0.0),
+    "crossover": ("blend", "pick"),
+}
+
+
+def _auto_or(check: Callable[[float], str | None]) -> Callable[[float], str | None]:
+    def auto_or_check(value: float) -> str | None:
+        if value == AUTO:
+            return None
+        problem = check(value)
+        return None if problem is None else f"{problem} (or -1: auto)"
+
+    return auto_or_check
 
 
 def _fraction_half(value: float) -> str | None:
@@ -235,6 +263,16 @@ class GcflConfig:
     elite: int = field(
         default=2, metadata=_key("elite", "best members per group kept as they are", _non_negative)
     )
+    crossover: str = field(
+        default=AUTO_RULE,
+        metadata=_key(
+            "crossover",
+            "pick: a child takes one parent's lr and the other's batch size (notebook); "
+            "blend: each at a random point between the parents' values, on log scales; "
+            "auto: blend when fraction-fit < 1, else pick",
+            _one_of((*CROSSOVER_RULES, AUTO_RULE)),
+        ),
+    )
     mutation: str = field(
         default="linear",
         metadata=_key(
@@ -260,20 +298,22 @@ class GcflConfig:
         ),
     )
     batch_step: float = field(
-        default=0.0,
+        default=AUTO,
         metadata=_key(
             "batch-step",
-            "chance that an offspring's batch size halves or doubles (inside batch-min..batch-max)",
-            _fraction_closed_open,
+            "chance that an offspring's batch size halves or doubles (inside batch-min..batch-max; "
+            "-1: auto, 0.2 when fraction-fit < 1, else 0)",
+            _auto_or(_fraction_closed_open),
         ),
     )
     refresh_stale: float = field(
-        default=0.0,
+        default=AUTO,
         metadata=_key(
             "refresh-stale",
             "chance that a sampled client that did not train in the latest round gets an "
-            "offspring of that round's best half instead of its old pair",
-            _fraction_closed,
+            "offspring of that round's best half instead of its old pair (-1: auto, 0.5 when "
+            "fraction-fit < 1, else 0)",
+            _auto_or(_fraction_closed),
         ),
     )
     aggregate_share: float = field(
@@ -286,12 +326,13 @@ class GcflConfig:
         ),
     )
     aggregate_floor: float = field(
-        default=0.0,
+        default=AUTO,
         metadata=_key(
             "aggregate-floor",
             "average only the updates whose fit improved the loss by at least this share "
-            "of the round's best improvement (0: all)",
-            _fraction_closed_open,
+            "of the round's best improvement (0: all; -1: auto, 0.1 when fraction-fit < 1, "
+            "else 0)",
+            _auto_or(_fraction_closed_open),
         ),
     )
     aggregate_clip: float = field(
@@ -401,6 +442,11 @@ class GcflConfig:
     )
 
     def __post_init__(self) -> None:
+        for name, (sampled, every_client) in BY_PARTICIPATION.items():
+            if getattr(self, name) in (AUTO, AUTO_RULE):
+                # Frozen: the resolved value is what runs and what results.json records.
+                value = sampled if self.fraction_fit < 1 else every_client
+                object.__setattr__(self, name, value)
         if not self.lr_min < self.lr_max:
             raise ConfigError(f"lr-min ({self.lr_min}) must be smaller than lr-max ({self.lr_max})")
         if not self.batch_min <= self.batch_max:
@@ -455,8 +501,8 @@ def config_keys() -> tuple[str, ...]:
 
 
 def default_run_config() -> dict[str, bool | int | float | str]:
-    """The default value of every run-config key."""
-    return GcflConfig().to_run_config()
+    """The default value of every run-config key, as declared (``-1`` for auto)."""
+    return {f.metadata["key"]: f.default for f in dataclasses.fields(GcflConfig)}
 
 
 def _coerce(key: str, expected: type, value: Any) -> Any:

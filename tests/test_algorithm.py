@@ -27,6 +27,8 @@ from gcfl.strategy.genetic import (
     Hyperparameters,
     Member,
     Mutation,
+    blend,
+    breed,
     evolve,
     evolve_group,
     explore,
@@ -51,8 +53,10 @@ from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
 SPACE = SearchSpace(lr_min=1e-7, lr_max=1e-3, batch_min=16, batch_max=128)
-LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True, batch_step=0.0)
-LINEAR_IN_SPACE = Mutation("linear", 0.1, 0.0, space=SPACE, bounded=True, batch_step=0.0)
+LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True, batch_step=0.0, crossover="pick")
+LINEAR_IN_SPACE = Mutation(
+    "linear", 0.1, 0.0, space=SPACE, bounded=True, batch_step=0.0, crossover="pick"
+)
 
 
 def rng(seed=0):
@@ -154,7 +158,7 @@ class TestGenetic:
         group = members(*[(i, 10.0 ** -(i + 2), 16 * (i + 1), float(i)) for i in range(5)])
         pairs = set()
         generator = rng(1)
-        still = Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0)
+        still = Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0, crossover="pick")
         for _ in range(200):
             for pair in evolve_group(group, 0, still, generator).values():
                 lr_parent = round(-math.log10(pair.lr)) - 2
@@ -171,8 +175,12 @@ class TestGenetic:
     def test_linear_mutation_keeps_the_lr_in_the_space_unless_unbounded(self):
         space = SearchSpace(1e-5, 1e-1, 16, 128)
         edge = Hyperparameters(1e-1, 32)
-        bounded = Mutation("linear", 0.1, 0.0, space=space, bounded=True, batch_step=0.0)
-        drifting = Mutation("linear", 0.1, 0.0, space=space, bounded=False, batch_step=0.0)
+        bounded = Mutation(
+            "linear", 0.1, 0.0, space=space, bounded=True, batch_step=0.0, crossover="pick"
+        )
+        drifting = Mutation(
+            "linear", 0.1, 0.0, space=space, bounded=False, batch_step=0.0, crossover="pick"
+        )
         lrs = {round(explore(edge, bounded, rng(s)).lr, 12) for s in range(40)}
         assert lrs == {0.09, 0.1}
         assert max(explore(edge, drifting, rng(s)).lr for s in range(40)) > 0.1
@@ -221,7 +229,11 @@ class TestGenetic:
         cohort = Cohort(ids, 1e-4 * (1 + ids / 1e4), ids * 2, score, healthy)
         fit = cohort.fit
         lr, batch = evolve(
-            cohort, labels, 2, Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0), generator
+            cohort,
+            labels,
+            2,
+            Mutation("linear", 0.0, 0.0, None, True, batch_step=0.0, crossover="pick"),
+            generator,
         )
         # Scale 0: an offspring's lr and batch size are exactly its two parents'.
         by_lr = {float(v): i for i, v in enumerate(cohort.lr)}
@@ -241,7 +253,11 @@ class TestGenetic:
         # With every child moved (log mutation draws a real step), exactly the elite stay put.
         space = SearchSpace(1e-5, 1e-1, 16, 128)
         moved_lr, _ = evolve(
-            cohort, labels, 2, Mutation("log", 0.1, 0.0, space, True, batch_step=0.0), generator
+            cohort,
+            labels,
+            2,
+            Mutation("log", 0.1, 0.0, space, True, batch_step=0.0, crossover="pick"),
+            generator,
         )
         elite = {
             int(row)
@@ -333,7 +349,9 @@ class TestPopulation:
     def test_search_init_has_no_pair_until_the_client_reports(self):
         # The old defaults this test was written with: log mutation, migration 0.25.
         settings = genetic_settings(
-            SPACE, mutation=Mutation("log", 0.1, 0.0, SPACE, True, batch_step=0.0), migration=0.25
+            SPACE,
+            mutation=Mutation("log", 0.1, 0.0, SPACE, True, batch_step=0.0, crossover="pick"),
+            migration=0.25,
         )
         pop = GeneticPopulation.search_init(range(3), settings, rng())
         assert pop.assignment(0) is None
@@ -385,7 +403,7 @@ class TestAggregation:
 
 
 WIDE = SearchSpace(lr_min=1e-5, lr_max=1e-1, batch_min=16, batch_max=128)
-LOG = Mutation("log", 0.1, 0.1, WIDE, True, batch_step=0.0)
+LOG = Mutation("log", 0.1, 0.1, WIDE, True, batch_step=0.0, crossover="pick")
 
 
 class TestFitness:
@@ -423,7 +441,7 @@ class TestLogMutation:
 
     def test_step_is_scale_times_the_width_in_log_space(self):
         generator = rng(1)
-        no_resample = Mutation("log", 0.1, 0.0, WIDE, True, batch_step=0.0)
+        no_resample = Mutation("log", 0.1, 0.0, WIDE, True, batch_step=0.0, crossover="pick")
         steps = [
             math.log10(explore(Hyperparameters(1e-3, 32), no_resample, generator).lr / 1e-3)
             for _ in range(4000)
@@ -472,7 +490,7 @@ class TestLogMutation:
     def test_resample_draws_fresh_pairs_at_its_rate(self):
         generator = rng(2)
         # scale 0: only resampling moves a pair
-        far = Mutation("log", 0.0, 0.25, WIDE, True, batch_step=0.0)
+        far = Mutation("log", 0.0, 0.25, WIDE, True, batch_step=0.0, crossover="pick")
         moved = [explore(Hyperparameters(1e-5, 16), far, generator).lr != 1e-5 for _ in range(4000)]
         assert np.mean(moved) == pytest.approx(0.25, abs=0.03)
 
@@ -498,7 +516,7 @@ class TestMigration:
         moved = migrate(
             best + middle + worst,
             1 / 3,
-            Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0),
+            Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0, crossover="pick"),
             rng(),
         )
         assert set(moved) == {4, 5}
@@ -507,7 +525,12 @@ class TestMigration:
     def test_diverged_clients_migrate_first_and_never_donate(self):
         group = members((0, 1e-3, 32, -0.5), (1, 1e-4, 32, -0.1), (2, 1e-4, 32, -0.2))
         group.append(Member(3, 5.0, 16, None, healthy=False))
-        moved = migrate(group, 0.25, Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), rng())
+        moved = migrate(
+            group,
+            0.25,
+            Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0, crossover="pick"),
+            rng(),
+        )
         assert moved == {3: Hyperparameters(1e-3, 32)}
 
     def test_refused_clients_migrate_without_taking_honest_clients_places(self):
@@ -519,7 +542,9 @@ class TestMigration:
                 **{cid: ClientState(1e-4, 64) for cid in (6, 7, 8)},
             },
             genetic_settings(
-                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.5
+                WIDE,
+                mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0, crossover="pick"),
+                migration=0.5,
             ),
             rng(3),
         )
@@ -543,7 +568,9 @@ class TestMigration:
                 **{cid: ClientState(1e-5, 128) for cid in range(5, 10)},
             },
             genetic_settings(
-                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.25
+                WIDE,
+                mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0, crossover="pick"),
+                migration=0.25,
             ),
             rng(4),
         )
@@ -560,7 +587,9 @@ class TestMigration:
         isolated = GeneticPopulation(
             {cid: ClientState(s.lr, s.batch_size) for cid, s in pop.states.items()},
             genetic_settings(
-                WIDE, mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0), migration=0.0
+                WIDE,
+                mutation=Mutation("log", 0.0, 0.0, WIDE, True, batch_step=0.0, crossover="pick"),
+                migration=0.0,
             ),
             rng(4),
         )
@@ -616,7 +645,9 @@ class TestCollapseGuards:
             {0: ClientState(1e-4, 32), 1: ClientState(3e-3, 32), 2: ClientState(1e-5, 32)},
             genetic_settings(
                 WIDE,
-                mutation=Mutation("log", 0.1, 0.0, WIDE, True, batch_step=0.0),  # the old default
+                mutation=Mutation(
+                    "log", 0.1, 0.0, WIDE, True, batch_step=0.0, crossover="pick"
+                ),  # the old default
                 elite=1,
                 migration=0.0,
                 dbscan_eps=1.0,
@@ -715,7 +746,7 @@ class TestPartialParticipation:
     def test_without_batch_steps_crossover_never_makes_a_new_batch_size(self):
         batches = np.array([16, 32, 64, 128] * 100)
         lr = np.full(len(batches), 1e-3)
-        still = Mutation("linear", 0.1, 0.0, SPACE, True, batch_step=0.0)
+        still = Mutation("linear", 0.1, 0.0, SPACE, True, batch_step=0.0, crossover="pick")
         stepping = dataclasses.replace(still, batch_step=0.5)
         assert np.array_equal(explore_pairs(lr, batches, still, rng(2))[1], batches)
         assert not np.array_equal(explore_pairs(lr, batches, stepping, rng(2))[1], batches)
@@ -749,6 +780,42 @@ class TestPartialParticipation:
         assert moved.dtype == np.float32
         update = [np.array([3.0, -1.0], np.float32)]
         assert shortened(update, reference, 1.0)[0] is update[0]
+
+    def test_a_blended_child_lies_between_its_parents_on_log_scales(self):
+        first = (np.array([1e-4, 1e-2]), np.array([16, 128]))
+        second = (np.array([1e-2, 1e-2]), np.array([64, 128]))
+        lr, batch = blend(first, second, np.random.default_rng(0))
+        assert 1e-4 <= lr[0] <= 1e-2 and 16 <= batch[0] <= 64
+        assert lr[1] == pytest.approx(1e-2) and batch[1] == 128  # equal parents: their value
+        # Over many children the log-lr is uniform between the parents': mean at the midpoint.
+        many = 4000
+        lrs, _ = blend(
+            (np.full(many, 1e-4), np.full(many, 32)),
+            (np.full(many, 1e-2), np.full(many, 32)),
+            np.random.default_rng(1),
+        )
+        assert np.mean(np.log10(lrs)) == pytest.approx(-3.0, abs=0.05)
+        assert 0.3 < np.mean(lrs < 1e-3) < 0.7
+
+    def test_blend_crossover_breeds_lrs_that_no_parent_holds_and_pick_does_not(self):
+        pool = Cohort(
+            client_id=np.array([0, 1]),
+            lr=np.array([1e-4, 1e-2]),
+            batch_size=np.array([32, 32]),
+            score=np.array([-0.5, -0.4]),
+            healthy=np.array([True, True]),
+        )
+        starts, counts = np.zeros(200, dtype=np.int64), np.full(200, 2)
+        space = SearchSpace(1e-5, 1e-1, 16, 128)
+        picked = Mutation("linear", 0.0, 0.0, space, True, batch_step=0.0, crossover="pick")
+        blended = dataclasses.replace(picked, crossover="blend")
+        lr, _ = breed(pool, starts, counts, picked, np.random.default_rng(0))
+        assert set(lr.tolist()) <= {1e-4, 1e-2}
+        lr, batch = breed(pool, starts, counts, blended, np.random.default_rng(0))
+        assert np.mean((lr > 1.01e-4) & (lr < 0.99e-2)) > 0.4  # pairs of unlike parents
+        assert (batch == 32).all()
+        with pytest.raises(ValueError, match="crossover"):
+            dataclasses.replace(picked, crossover="uniform")
 
     def test_a_partial_refresh_leaves_some_stale_clients_their_own_pairs(self):
         pop = self._population(refresh_stale=0.5)

@@ -66,6 +66,34 @@ def test_notebook_preset_restores_the_notebook_rules_whatever_the_rule_keys_say(
     assert parse_run_config(config.to_run_config()) == config
 
 
+def test_partial_participation_rules_are_on_only_when_rounds_sample_a_fraction():
+    # Their default, -1, lets gcfl choose: BENCHMARKS.md section 0 measured them better
+    # under sampling and worse when every client trains.
+    every_client = parse_run_config({})
+    assert (every_client.refresh_stale, every_client.aggregate_floor, every_client.batch_step) == (
+        0.0,
+        0.0,
+        0.0,
+    )
+    assert every_client.crossover == "pick"
+    sampled = parse_run_config({"fraction-fit": 0.3})
+    assert (sampled.refresh_stale, sampled.aggregate_floor, sampled.batch_step) == (0.5, 0.1, 0.2)
+    assert sampled.crossover == "blend"
+    # A value the user sets wins over the choice, in either regime.
+    chosen = parse_run_config({"fraction-fit": 0.3, "aggregate-floor": 0.0, "batch-step": 0.4})
+    assert (chosen.refresh_stale, chosen.aggregate_floor, chosen.batch_step) == (0.5, 0.0, 0.4)
+    assert parse_run_config({"refresh-stale": 1.0}).refresh_stale == 1.0
+    assert parse_run_config({"crossover": "blend"}).crossover == "blend"
+    assert parse_run_config({"fraction-fit": 0.5, "crossover": "pick"}).crossover == "pick"
+    # What ran is what the run config records, and it parses back to the same config.
+    assert sampled.to_run_config()["aggregate-floor"] == 0.1
+    assert parse_run_config(sampled.to_run_config()) == sampled
+    # The notebook preset keeps them off under sampling too.
+    notebook = parse_run_config({"rules": "notebook", "fraction-fit": 0.3})
+    assert (notebook.refresh_stale, notebook.aggregate_floor, notebook.batch_step) == (0, 0, 0)
+    assert notebook.crossover == "pick"
+
+
 def test_unknown_key_lists_the_valid_ones():
     with pytest.raises(ConfigError) as error:
         parse_run_config({"learning-rate": 0.1})
@@ -107,6 +135,10 @@ def test_unknown_key_lists_the_valid_ones():
         ({"lr-min": float("nan")}, "lr-min"),
         ({"aggregate-clip": 0.5}, "aggregate-clip"),
         ({"aggregate-clip": float("nan")}, "aggregate-clip"),
+        ({"aggregate-floor": -0.5}, r"aggregate-floor: -0.5 must be in \[0, 1\) \(or -1: auto\)"),
+        ({"refresh-stale": 1.5}, "refresh-stale"),
+        ({"batch-step": -2.0}, "batch-step"),
+        ({"crossover": "uniform"}, "crossover"),
     ],
 )
 def test_bad_values_name_the_key(overrides, named):

@@ -20,6 +20,7 @@ import numpy as np
 from gcfl.strategy.features import SearchSpace, from_units, hyperparameter_features
 
 MUTATION_RULES = ("log", "linear")
+CROSSOVER_RULES = ("pick", "blend")
 
 
 @dataclass(frozen=True)
@@ -61,6 +62,15 @@ class Mutation:
     size then halves or doubles (FedPop's explore for a discrete dimension).
     Crossover alone only reshuffles the batch sizes a population started
     with, and selection soon leaves one of them.
+
+    ``crossover``, before the move: how a child takes its two parents' values.
+    ``"pick"`` (the notebook's): the lr of one parent, the batch size of the
+    other. ``"blend"``: each at a uniform random point between the two
+    parents' values, on log scales (intermediate recombination, as evolution
+    strategies do), so two parents a decade apart can have a child between
+    them. Picking can only copy the lrs the population already holds; on
+    skewed data the best lr lies between the ones that fit the local labels
+    fastest and the ones that barely move (BENCHMARKS.md section 0).
     """
 
     # No defaults: the run config (gcfl.config.GcflConfig) is their one source;
@@ -71,12 +81,15 @@ class Mutation:
     space: SearchSpace | None
     bounded: bool
     batch_step: float
+    crossover: str
 
     def __post_init__(self) -> None:
         if not 0.0 <= self.batch_step < 1.0:
             raise ValueError(f"batch_step must be in [0, 1), got {self.batch_step}")
         if self.rule not in MUTATION_RULES:
             raise ValueError(f"mutation rule must be one of {', '.join(MUTATION_RULES)}")
+        if self.crossover not in CROSSOVER_RULES:
+            raise ValueError(f"crossover must be one of {', '.join(CROSSOVER_RULES)}")
         if self.rule == "log" and self.space is None:
             raise ValueError("log-space mutation needs the search space")
 
@@ -250,15 +263,43 @@ def breed(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Crossover, then explore: one child per entry of ``starts``/``counts``.
 
-    Child i takes the lr of one uniformly drawn row of ``pool[starts[i] :
-    starts[i] + counts[i]]`` and the batch size of another, drawn
-    independently (so they may be the same row).
+    Child i has two parents, uniformly drawn rows of ``pool[starts[i] :
+    starts[i] + counts[i]]``, drawn independently (so they may be the same
+    row). With ``crossover`` "pick" it takes the first's lr and the second's
+    batch size; with "blend", both values between the two parents' (see
+    :func:`blend`).
     """
     if len(starts) == 0:
         return np.empty(0, dtype=np.float64), np.empty(0, dtype=np.int64)
-    lr_rows = starts + rng.integers(0, counts)
-    batch_rows = starts + rng.integers(0, counts)
-    return explore_pairs(pool.lr[lr_rows], pool.batch_size[batch_rows], mutation, rng)
+    first = starts + rng.integers(0, counts)
+    second = starts + rng.integers(0, counts)
+    if mutation.crossover == "blend":
+        lr, batch_size = blend(
+            (pool.lr[first], pool.batch_size[first]),
+            (pool.lr[second], pool.batch_size[second]),
+            rng,
+        )
+        return explore_pairs(lr, batch_size, mutation, rng)
+    return explore_pairs(pool.lr[first], pool.batch_size[second], mutation, rng)
+
+
+def blend(
+    first: tuple[np.ndarray, np.ndarray],
+    second: tuple[np.ndarray, np.ndarray],
+    rng: np.random.Generator,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Children of paired (lr, batch size) parents, each value at a random point between theirs.
+
+    The point is uniform on the log scale (log lr, log2 batch size), one draw
+    per child for the lr, then one per child for the batch size; a batch size
+    is rounded half to even, so it stays between its parents' and inside any
+    space that holds them.
+    """
+    lr_weight = rng.random(len(first[0]))
+    batch_weight = rng.random(len(first[0]))
+    lr = np.exp(lr_weight * np.log(first[0]) + (1 - lr_weight) * np.log(second[0]))
+    log_batch = batch_weight * np.log2(first[1]) + (1 - batch_weight) * np.log2(second[1])
+    return lr, np.rint(np.exp2(log_batch)).astype(np.int64)
 
 
 def offspring(

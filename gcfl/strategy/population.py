@@ -126,6 +126,7 @@ class GeneticSettings:
                 # The notebook's lr drifted past its range; gcfl's stays in the space.
                 bounded=config.rules != "notebook",
                 batch_step=config.batch_step,
+                crossover=config.crossover,
             ),
             recluster_every=config.recluster_every,
             fitness=config.fitness,
