@@ -133,12 +133,9 @@ ABLATION.update(
     }
 )
 ABLATION["A + batch-max=32"] = {**PARTIAL_A, "batch-max": 32}
-# Crossover by itself: "gcfl + crossover=pick" is A under sampling (the defaults of
-# 2026-12-06 before blend), "A + crossover=blend" today's defaults under sampling.
+# With every client training, blend where the defaults pick; under sampling the
+# defaults are A with blend, and this the same without A's batch step.
 ABLATION["gcfl + crossover=blend"] = {"crossover": "blend"}
-ABLATION["gcfl + crossover=pick"] = {"crossover": "pick"}
-ABLATION["A + crossover=blend"] = {**PARTIAL_A, "crossover": "blend"}
-ABLATION["rules off + crossover=blend"] = {**PARTIAL_OFF, "crossover": "blend"}
 ABLATION["A + crossover=blend - batch-step"] = {
     **PARTIAL_A,
     "crossover": "blend",
@@ -147,8 +144,7 @@ ABLATION["A + crossover=blend - batch-step"] = {
 # FedAvg between the grid's points: how far the grid's best is from the best lr.
 for _lr in (5e-4, 2e-3, 3e-3, 5e-3):
     ABLATION[f"fedavg@{_lr:g}"] = {"strategy": "fedavg", "fedavg-lr": _lr}
-# A without its averaging floor: the two rules that change nothing or little when
-# every client trains (no client is stale then).
+# A without its averaging floor, to see what the floor adds.
 ABLATION["B: refresh 0.5 + batch-step 0.2"] = {
     **PARTIAL_OFF,
     "refresh-stale": 0.5,
