@@ -11,8 +11,9 @@ round, 10 rounds, 5 local epochs; ``--rounds``/``--clients``/``--local-epochs``
 /``--fraction-fit`` change it) with seeds 42, 43, ...: the same data split, initial model and
 client sampling for every strategy of a seed. Strategies:
 
-- ``gcfl``: the defaults (with ``--fraction-fit`` < 1 they include the three
-  partial-participation rules, which ``PARTIAL_OFF`` switches off);
+- ``gcfl``: the defaults (with ``--fraction-fit`` < 1 they include the
+  partial-participation rules and blend crossover, which ``PARTIAL_OFF``
+  switches off);
   ``notebook``: ``rules=notebook`` on the notebook's search space
   (lr 1e-7..1e-3), the seed notebook's algorithm as it was;
 - ``fedavg@<lr>``: FedAvg at each lr of the grid (default 5 values spanning the
@@ -60,7 +61,7 @@ ABLATION: dict[str, dict[str, Any]] = {
     "gcfl -auto eps (0.15)": {"dbscan-eps": 0.15},
     "gcfl -collapse guards": {"rollback": False, "max-update-norm": 3.0},
 }
-# Issue 19's three rules for partial participation, each set explicitly (not
+# Issue 19's rules for partial participation, each set explicitly (not
 # relative to the defaults), so the table means the same before and after
 # the defaults change.
 PARTIAL_OFF = {
@@ -119,9 +120,9 @@ ABLATION.update(
         )
     }
 )
-# "gcfl + ..." are the defaults of when they were measured (2026-12-06, before the three
-# rules became the defaults under sampling): the rules stay off, so the names keep
-# meaning the runs BENCHMARKS.md reports.
+# "gcfl + ..." are the defaults of when they were measured (2026-12-06, before the
+# partial-participation rules and blend became the defaults under sampling): the rules
+# stay off, so the names keep meaning the runs BENCHMARKS.md reports.
 ABLATION.update(
     {
         f"gcfl + {key}={value}": {**PARTIAL_OFF, key: value}

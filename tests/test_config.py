@@ -18,6 +18,7 @@ from gcfl.config import (
     parse_assignment,
     parse_run_config,
 )
+from gcfl.strategy import fitness, genetic
 from gcfl.strategy.features import SearchSpace
 from gcfl.strategy.genetic import Mutation
 from gcfl.strategy.population import GeneticSettings
@@ -92,6 +93,14 @@ def test_partial_participation_rules_are_on_only_when_rounds_sample_a_fraction()
     notebook = parse_run_config({"rules": "notebook", "fraction-fit": 0.3})
     assert (notebook.refresh_stale, notebook.aggregate_floor, notebook.batch_step) == (0, 0, 0)
     assert notebook.crossover == "pick"
+
+
+def test_the_config_accepts_exactly_the_rules_the_algorithm_implements():
+    # config.py names them itself (it imports no algorithm module); a rule added on
+    # one side only would be refused by the parser or by Mutation at run time.
+    assert config_module.FITNESS_RULES == fitness.FITNESS_RULES
+    assert config_module.MUTATION_RULES == genetic.MUTATION_RULES
+    assert config_module.CROSSOVER_RULES == genetic.CROSSOVER_RULES
 
 
 def test_unknown_key_lists_the_valid_ones():
