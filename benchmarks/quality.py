@@ -156,6 +156,17 @@ ABLATION["A + aggregate-clip=1.0 + batch-max=64"] = {
     "aggregate-clip": 1.0,
     "batch-max": 64,
 }
+# The federated fitness (gcfl.strategy.candidates), measured against the local one.
+ABLATION["gcfl fitness=federated"] = {"fitness": "federated"}
+ABLATION["gcfl fitness=improvement"] = {"fitness": "improvement"}
+ABLATION["gcfl fitness=federated fitness-candidates=leave-out"] = {
+    "fitness": "federated",
+    "fitness-candidates": "leave-out",
+}
+ABLATION["gcfl fitness=federated aggregate=drop-harmful"] = {
+    "fitness": "federated",
+    "aggregate": "drop-harmful",
+}
 
 
 def job_dir(out: Path, partition: str, variant: str, seed: int) -> Path:

@@ -141,14 +141,16 @@ def command_run(args: argparse.Namespace) -> int:
 
 
 def command_compare(args: argparse.Namespace) -> int:
-    from gcfl.compare.plan import TUNED, ComparePlan, parse_lr_grid, parse_strategies
+    from gcfl.compare.plan import FINE_GRID, TUNED, ComparePlan, parse_lr_grid, parse_strategies
 
+    fine = args.fedavg_lr_grid is not None and args.fedavg_lr_grid.strip() == FINE_GRID
     try:
         strategies = parse_strategies(args.strategies)
-        grid = parse_lr_grid(args.fedavg_lr_grid) if args.fedavg_lr_grid is not None else ()
+        given = args.fedavg_lr_grid is not None and not fine
+        grid = parse_lr_grid(args.fedavg_lr_grid) if given else ()
     except ValueError as error:
         raise UsageError(str(error)) from None
-    if grid and TUNED not in strategies:
+    if (grid or fine) and TUNED not in strategies:
         raise UsageError(f"--fedavg-lr-grid: only {TUNED} uses it; add {TUNED} to --strategies")
     if args.clients < 1:
         raise UsageError(f"--clients must be >= 1, got {args.clients}")
@@ -168,6 +170,7 @@ def command_compare(args: argparse.Namespace) -> int:
         out_dir=Path(_absolute(args.out or str(_default_out_dir("compare")))),
         centralized_data=args.centralized_data,
         fedavg_lr_grid=grid,
+        fine_grid=fine,
         engine=args.engine,
         workers=args.workers,
     )
@@ -327,9 +330,10 @@ def make_parser() -> argparse.ArgumentParser:
     )
     compare.add_argument(
         "--fedavg-lr-grid",
-        metavar="LR,LR,...",
-        help="fedavg-tuned's learning rates, comma-separated (default 5 log-spaced over "
-        "[lr-min, lr-max], ends included)",
+        metavar="LR,LR,...|fine",
+        help="fedavg-tuned's learning rates, comma-separated, or 'fine' (1, 2, 3, 5 per "
+        "decade inside [lr-min, lr-max]: 17 runs by default); default 5 log-spaced over "
+        "[lr-min, lr-max], ends included",
     )
     compare.add_argument("--repeats", type=int, default=1, help="seeds to run (seed, seed+1, ...)")
     compare.add_argument(

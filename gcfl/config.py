@@ -20,10 +20,12 @@ from typing import Any
 
 STRATEGIES = ("gcfl", "fedavg")
 RULE_PRESETS = ("gcfl", "notebook")
-FITNESS_RULES = ("improvement", "val-improvement", "loss")
+FITNESS_RULES = ("federated", "improvement", "val-improvement", "loss")
 MUTATION_RULES = ("log", "linear")
 CROSSOVER_RULES = ("pick", "blend")
 INITS = ("random", "search")
+AGGREGATE_RULES = ("mean", "drop-harmful")
+CANDIDATE_KINDS = ("group", "leave-out")
 PARTITIONS = ("slices", "iid", "dirichlet")
 BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
 
@@ -229,10 +231,40 @@ class GcflConfig:
         default="improvement",
         metadata=_key(
             "fitness",
-            "improvement: relative change of the client's loss on all its local data over "
-            "its fit; val-improvement: the same on its validation split; loss: validation "
-            "loss after the fit (notebook)",
+            "federated: each cluster by how much the aggregate's loss on other clients' data "
+            "rises when it is left out (they evaluate the candidates), clusters it hurts left "
+            "out of the aggregate; improvement: relative change of the client's loss on all its "
+            "local data over its fit; val-improvement: the same on its validation split; loss: "
+            "validation loss after the fit (notebook)",
             _one_of(FITNESS_RULES),
+        ),
+    )
+    fitness_evaluators: int = field(
+        default=10,
+        metadata=_key(
+            "fitness-evaluators",
+            "fitness=federated: clients that evaluate the candidates each round (those that "
+            "did not train first)",
+            _at_least_one,
+        ),
+    )
+    fitness_candidates: str = field(
+        default="group",
+        metadata=_key(
+            "fitness-candidates",
+            "fitness=federated: group (the round's start plus each cluster's mean update, "
+            "against the start) or leave-out (the aggregate without each cluster, against the "
+            "aggregate)",
+            _one_of(CANDIDATE_KINDS),
+        ),
+    )
+    aggregate: str = field(
+        default="mean",
+        metadata=_key(
+            "aggregate",
+            "mean: every accepted update, weighted by examples (FedAvg's rule); drop-harmful "
+            "(fitness=federated): without the clusters whose absence lowered the evaluators' loss",
+            _one_of(AGGREGATE_RULES),
         ),
     )
     migration: float = field(
@@ -447,6 +479,10 @@ class GcflConfig:
                 # Frozen: the resolved value is what runs and what results.json records.
                 value = sampled if self.fraction_fit < 1 else every_client
                 object.__setattr__(self, name, value)
+        if self.aggregate == "drop-harmful" and self.fitness != "federated":
+            raise ConfigError(
+                "aggregate: drop-harmful needs the federated evaluation (fitness=federated)"
+            )
         if not self.lr_min < self.lr_max:
             raise ConfigError(f"lr-min ({self.lr_min}) must be smaller than lr-max ({self.lr_max})")
         if not self.batch_min <= self.batch_max:

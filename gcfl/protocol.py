@@ -19,7 +19,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any, Literal
 
-PROTOCOL_VERSION = 1
+# 2: an evaluate request carries one or more candidate models and names the split.
+PROTOCOL_VERSION = 2
 
 Scalar = bool | int | float | str | bytes
 FitStatus = Literal["ok", "diverged"]
@@ -46,8 +47,16 @@ LOSS_FIELDS = {
     "local_loss_before": "local-loss-before",
     "local_loss_after": "local-loss-after",
 }
+# Evaluate config (server -> client), besides ROUND and VERSION.
+CANDIDATES = "candidates"
+EVAL_SPLIT = "eval-split"
+EvalSplit = Literal["val", "local"]
+EVAL_SPLITS: tuple[EvalSplit, ...] = ("val", "local")
+# The most models one evaluate request may carry: a bound on what a client unpacks.
+MAX_CANDIDATES = 64
 # Evaluate metrics (client -> server), besides CLIENT_ID and VERSION.
 ACCURACY = "accuracy"
+CANDIDATE_LOSS = "candidate-loss-"  # + the candidate's index: one loss per model received
 # Node properties (client -> server, before round 1).
 PARTITION_ID = "partition-id"
 NUM_PARTITIONS = "num-partitions"
@@ -187,19 +196,64 @@ class FitReport:
 
 
 @dataclass(frozen=True)
+class EvaluateInstruction:
+    """What the server asks of an evaluating client: the loss of each model it sends.
+
+    The request's arrays are ``candidates`` models, one after another, each
+    with the global model's arrays. ``split`` names the examples: ``"val"``
+    (the client's validation split: the federated evaluation of the global
+    model) or ``"local"`` (all its examples: the federated fitness, where
+    every candidate is compared with the others on the same examples).
+    """
+
+    server_round: int
+    candidates: int = 1
+    split: EvalSplit = "val"
+
+    def to_config(self) -> dict[str, Scalar]:
+        return {
+            VERSION: PROTOCOL_VERSION,
+            ROUND: self.server_round,
+            CANDIDATES: self.candidates,
+            EVAL_SPLIT: self.split,
+        }
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> EvaluateInstruction:
+        _check_version(config)
+        candidates = _integer(config, CANDIDATES)
+        if not 1 <= candidates <= MAX_CANDIDATES:
+            raise ProtocolError(f"{CANDIDATES} {candidates} is outside 1..{MAX_CANDIDATES}")
+        split = _get(config, EVAL_SPLIT)
+        if split not in EVAL_SPLITS:
+            raise ProtocolError(f"{EVAL_SPLIT} {split!r} is not one of {', '.join(EVAL_SPLITS)}")
+        return cls(_integer(config, ROUND), candidates, split)
+
+
+@dataclass(frozen=True)
 class EvaluateReport:
-    """A client's evaluation of the global model on its own validation split."""
+    """A client's evaluation of the models it was sent: only scalars leave the client.
+
+    ``loss`` and ``accuracy`` are the first model's; ``losses`` holds every
+    model's loss in the order received (the first's included), on the same
+    examples, so the server can compare candidates pair by pair.
+    """
 
     client_id: int
     loss: float
     accuracy: float
+    losses: tuple[float, ...] = ()
 
     def to_metrics(self) -> dict[str, Scalar]:
-        return {
+        metrics: dict[str, Scalar] = {
             VERSION: PROTOCOL_VERSION,
             CLIENT_ID: self.client_id,
             ACCURACY: float(self.accuracy),
+            CANDIDATES: len(self.losses) or 1,
         }
+        for index, value in enumerate(self.losses):
+            metrics[f"{CANDIDATE_LOSS}{index}"] = float(value)
+        return metrics
 
     @classmethod
     def from_reply(cls, loss: Any, metrics: Mapping[str, Any]) -> EvaluateReport:
@@ -207,12 +261,20 @@ class EvaluateReport:
         _check_version(metrics)
         if isinstance(loss, bool) or not isinstance(loss, (int, float)):
             raise ProtocolError(f"loss {loss!r} is not a number")
-        return cls(_integer(metrics, CLIENT_ID), float(loss), _number(metrics, ACCURACY))
+        count = _integer(metrics, CANDIDATES)
+        if not 1 <= count <= MAX_CANDIDATES:
+            raise ProtocolError(f"{CANDIDATES} {count} is outside 1..{MAX_CANDIDATES}")
+        # A single model's report may leave its loss to Flower's ``loss`` field alone.
+        single = count == 1 and f"{CANDIDATE_LOSS}0" not in metrics
+        losses = (
+            () if single else tuple(_number(metrics, f"{CANDIDATE_LOSS}{i}") for i in range(count))
+        )
+        return cls(_integer(metrics, CLIENT_ID), float(loss), _number(metrics, ACCURACY), losses)
 
 
 def evaluate_config(server_round: int) -> dict[str, Scalar]:
-    """The config of an evaluate request."""
-    return {VERSION: PROTOCOL_VERSION, ROUND: server_round}
+    """The config of a request to evaluate the global model on the validation split."""
+    return EvaluateInstruction(server_round).to_config()
 
 
 @dataclass(frozen=True)

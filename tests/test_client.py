@@ -26,6 +26,7 @@ from gcfl.model import (
     reset_optimizer,
 )
 from gcfl.protocol import (
+    EvaluateInstruction,
     EvaluateReport,
     FitInstruction,
     FitReport,
@@ -272,6 +273,36 @@ def test_evaluate_scores_the_global_model_on_the_clients_validation_split():
     data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
     assert count == len(data.x_val) and report.client_id == 2
     assert math.isfinite(loss) and 0.0 <= report.accuracy <= 1.0
+
+
+def test_evaluate_scores_every_candidate_on_all_local_examples():
+    client, _ = digits_client()
+    dataset = load_dataset("digits", "", 42)
+    first = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
+    second = build_model("", dataset.input_shape, dataset.num_classes, seed=2).get_weights()
+    instruction = EvaluateInstruction(3, candidates=3, split="local")
+    loss, count, metrics = client.evaluate([*first, *second, *first], instruction.to_config())
+    report = EvaluateReport.from_reply(loss, metrics)
+    data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
+    assert count == len(data.x_train) + len(data.x_val)
+    assert len(report.losses) == 3 and report.losses[0] == report.loss == loss
+    assert report.losses[2] == pytest.approx(report.losses[0])
+    assert report.losses[1] != pytest.approx(report.losses[0])
+
+
+def test_evaluate_refuses_arrays_that_are_not_the_models_announced():
+    client, _ = digits_client()
+    dataset = load_dataset("digits", "", 42)
+    weights = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
+    instruction = EvaluateInstruction(1, candidates=2, split="local")
+    with pytest.raises(ValueError, match="not 2 model"):
+        client.evaluate(weights, instruction.to_config())
+
+
+def test_an_evaluate_request_of_another_protocol_version_is_refused():
+    client, _ = digits_client()
+    with pytest.raises(ProtocolError, match="gcfl-protocol"):
+        client.evaluate([], {"server-round": 1, "gcfl-protocol": 1})
 
 
 def test_properties_say_how_many_examples_the_node_holds():

@@ -16,12 +16,14 @@ from gcfl.compare.plan import (
     DEFAULT_STRATEGIES,
     ComparePlan,
     default_lr_grid,
+    fine_lr_grid,
     grid_name,
     parse_lr_grid,
     parse_strategies,
 )
 from gcfl.config import parse_run_config
 from gcfl.report.tables import (
+    client_evaluations,
     client_fits,
     oracle_choice,
     outcome_table,
@@ -222,7 +224,14 @@ def test_client_fits_count_every_sampled_client_of_every_round():
 def test_outcome_table_states_cost_and_labels_the_oracle():
     reported = with_oracle(RUNS, GRID, "fedavg-tuned")
     header, rows = outcome_table(reported)
-    assert header == ["strategy", "final accuracy", "best accuracy", "client fits", "wall time (s)"]
+    assert header == [
+        "strategy",
+        "final accuracy",
+        "best accuracy",
+        "client fits",
+        "client evaluations",
+        "wall time (s)",
+    ]
     by_name = {row[0].split(" (")[0]: row for row in rows}
     assert by_name["gcfl"][3] == "8"
     assert by_name["fedavg@0.001"][1:4] == ["0.7000 ± 0.1414", "0.7000 ± 0.1414", "6"]
@@ -235,7 +244,9 @@ def test_outcome_table_states_cost_and_labels_the_oracle():
     )
     assert tuned[1] == by_name["fedavg@0.001"][1]
     assert tuned[3] == "17 (3 runs)"  # 6 + 5 + 6: the cost of the whole grid
-    assert tuned[4] == "18.0 ± 0.0"
+    assert tuned[4] == "0"  # no run sent a model to evaluate
+    assert by_name["centralized"][4] == "-"
+    assert tuned[5] == "18.0 ± 0.0"
 
 
 def test_each_grid_point_has_its_own_mean_and_std_per_round():
@@ -253,7 +264,8 @@ def test_each_grid_point_has_its_own_mean_and_std_per_round():
         "centralized",
     ]
     assert rows[1][2:5] == ["0.7000 ± 0.1414", "0.6500 ± 0.3536", "0.1000 ± 0.0000"]
-    assert rows[-1] == ["client fits", "8", "6", "5", "6", "17 (3 runs)", "- (2 epochs)"]
+    assert rows[-2] == ["client fits", "8", "6", "5", "6", "17 (3 runs)", "- (2 epochs)"]
+    assert rows[-1] == ["client evaluations", "0", "0", "0", "0", "0", "-"]
 
 
 def test_rounds_csv_has_rows_for_every_grid_point_and_repeat(tmp_path):
@@ -397,3 +409,35 @@ def test_progress_parsing_lives_in_the_simulation_package():
 
     assert gcfl.cli.parse_progress_line is parse_progress_line
     assert gcfl.compare.runner.parse_progress_line is parse_progress_line
+
+
+def test_client_evaluations_count_the_models_sent_over_every_round():
+    evaluated = run("gcfl", 0, [0.1, 0.2, 0.3], clients=5)
+    for record, models in zip(evaluated["rounds"], (12, 0, 9), strict=True):
+        record["models_sent"] = models
+    assert client_evaluations(evaluated) == 21
+    assert client_evaluations(run("fedavg@0.001", 0, [0.1, 0.2], clients=5)) == 0
+    assert client_evaluations(run("centralized", 0, [0.1, 0.2], clients=0)) is None
+
+
+def test_the_fine_grid_is_one_two_three_five_per_decade_inside_the_space():
+    assert fine_lr_grid(1e-5, 1e-1) == (
+        1e-5,
+        2e-5,
+        3e-5,
+        5e-5,
+        1e-4,
+        2e-4,
+        3e-4,
+        5e-4,
+        1e-3,
+        2e-3,
+        3e-3,
+        5e-3,
+        1e-2,
+        2e-2,
+        3e-2,
+        5e-2,
+        1e-1,
+    )
+    assert fine_lr_grid(2.5e-4, 4e-3) == (3e-4, 5e-4, 1e-3, 2e-3, 3e-3)

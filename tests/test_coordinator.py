@@ -315,3 +315,125 @@ def test_refreshed_clients_are_marked_in_the_round_record():
     second, _ = _round(coordinator, 2)
     marked = {c.id for c in coordinator.round.clients if c.refreshed}
     assert marked == set(second) - set(first)
+
+
+# ------------------------------------------------------------- federated fitness
+FEDERATED = {"fitness": "federated", "fitness-evaluators": 6, "dbscan-eps": 0.3}
+
+
+def _federated_round(coordinator, evaluate):
+    """One fit round of honest clients, then every evaluator answers as ``evaluate`` says."""
+    _round(coordinator, 1)
+    requests = coordinator.candidate_requests()
+    replies = {}
+    for evaluator, (_instruction, models) in requests.items():
+        losses = evaluate(evaluator, models)
+        report = EvaluateReport(evaluator, losses[0], 0.5, tuple(losses))
+        replies[evaluator] = (losses[0], report.to_metrics(), 40)
+    return requests, coordinator.finish_candidates(replies)
+
+
+def _distance_loss(target):
+    """A loss that falls as the model nears ``target``: what an honest evaluator measures."""
+
+    def evaluate(evaluator, models):
+        distance = [
+            sum(np.sum((m - t) ** 2) for m, t in zip(w, target, strict=True)) for w in models
+        ]
+        return [1.0 + float(d) for d in distance]
+
+    return evaluate
+
+
+def test_no_evaluator_receives_a_candidate_of_its_own_group():
+    coordinator = _coordinator(**FEDERATED)
+    _round(coordinator, 1)
+    requests = coordinator.candidate_requests()
+    groups = coordinator.pending.groups
+    assert requests and len(groups) >= 2
+    assert all(len(members) >= 2 for members in groups.values())
+    for evaluator, (instruction, models) in requests.items():
+        judged = coordinator.pending.plan[evaluator]
+        assert all(evaluator not in groups[g] for g in judged)
+        # The aggregate, the round's start, one model per judged group: each a full model.
+        assert instruction.candidates == len(models) == 2 + len(judged)
+        assert instruction.split == "local"
+        assert all([a.shape for a in m] == [a.shape for a in GLOBAL] for m in models)
+
+
+def test_the_group_whose_step_helps_the_others_scores_best():
+    coordinator = _coordinator(**FEDERATED)
+    target = [w + 0.05 for w in GLOBAL]
+    _, weights = _federated_round(coordinator, _distance_loss(target))
+    record = coordinator.round
+    judged = [g for g in record.groups if g.contribution is not None]
+    assert len(judged) >= 2
+    best = max(judged, key=lambda g: g.contribution)
+    scores = {c.id: c.score for c in record.clients}
+    best_score = min(scores[c] for c in best.members)
+    assert all(scores[c] >= best_score for c in scores)
+    # aggregate=mean: every accepted update is averaged whatever the evaluators said.
+    assert record.aggregated == record.accepted and weights is not None
+
+
+def test_drop_harmful_leaves_out_a_group_whose_absence_lowers_the_loss():
+    coordinator = _coordinator(**FEDERATED, aggregate="drop-harmful")
+    _round(coordinator, 1)
+    requests = coordinator.candidate_requests()
+    groups = coordinator.pending.groups
+    bad = sorted(groups)[0]
+    bad_members = set(groups[bad])
+
+    # The aggregate and the start at 1.0; the bad group's step alone raises the loss,
+    # every other group's lowers it.
+    def evaluate(evaluator, models):
+        plan = coordinator.pending.plan[evaluator]
+        return [1.0, 1.0, *(1.1 if g == bad else 0.9 for g in plan)]
+
+    replies = {}
+    for evaluator, (_instruction, models) in requests.items():
+        losses = evaluate(evaluator, models)
+        replies[evaluator] = (
+            1.0,
+            EvaluateReport(evaluator, 1.0, 0.5, tuple(losses)).to_metrics(),
+            40,
+        )
+    weights = coordinator.finish_candidates(replies)
+    record = coordinator.round
+    assert [g.label for g in record.groups if g.left_out] == [bad]
+    assert {c.id for c in record.clients if c.left_out} == bad_members
+    assert record.aggregated == record.accepted - len(bad_members)
+    assert weights is not None
+
+
+def test_lying_or_malformed_evaluators_are_refused_and_named():
+    coordinator = _coordinator(**FEDERATED)
+    _round(coordinator, 1)
+    requests = coordinator.candidate_requests()
+    evaluators = sorted(requests)
+    replies = {}
+    for index, (evaluator, (_instruction, models)) in enumerate(sorted(requests.items())):
+        losses = [1.0] * len(models)
+        if index == 0:
+            losses[-1] = math.inf
+        if index == 1:
+            losses = losses[:-1]
+        metrics = EvaluateReport(evaluator, losses[0], 0.5, tuple(losses)).to_metrics()
+        replies[evaluator] = (losses[0], metrics, 40)
+    coordinator.finish_candidates(replies)
+    refused = coordinator.round.evaluation_refused
+    assert "candidate-loss" in refused[str(evaluators[0])]
+    assert "candidate losses" in refused[str(evaluators[1])]
+    assert coordinator.round.federated_clients == len(evaluators) - 2
+
+
+def test_without_any_evaluation_the_round_keeps_every_update_and_ranks_by_own_loss():
+    coordinator = _coordinator(**FEDERATED)
+    _, aggregate = _round(coordinator, 1)
+    assert coordinator.candidate_requests()
+    weights = coordinator.finish_candidates({})
+    record = coordinator.round
+    assert record.federated_clients == 0 and record.aggregated == record.accepted
+    for got, expected in zip(weights, aggregate, strict=True):
+        np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
+    assert all(c.score is not None for c in record.clients)

@@ -24,6 +24,7 @@ from gcfl.protocol import (
     SEARCH,
     STATUS,
     VERSION,
+    EvaluateInstruction,
     EvaluateReport,
     FitInstruction,
     FitReport,
@@ -286,3 +287,36 @@ def test_no_protocol_key_is_spelled_outside_the_protocol_module():
             if (name, key) not in NOT_PROTOCOL:
                 found += [f"{name}: {key!r} in {line}" for line in _spellings(text, key)]
     assert not found, "use gcfl.protocol's constants:\n" + "\n".join(found)
+
+
+def test_an_evaluate_instruction_round_trips():
+    for instruction in (EvaluateInstruction(4), EvaluateInstruction(2, 5, "local")):
+        assert EvaluateInstruction.from_config(instruction.to_config()) == instruction
+
+
+@pytest.mark.parametrize(
+    ("change", "phrase"),
+    [
+        ({"candidates": 0}, "candidates 0"),
+        ({"candidates": 10**6}, "candidates 1000000"),
+        ({"candidates": "3"}, "not an integer"),
+        ({"eval-split": "test"}, "eval-split"),
+        ({"gcfl-protocol": 1}, "gcfl-protocol"),
+    ],
+)
+def test_a_bad_evaluate_instruction_is_refused_naming_the_key(change, phrase):
+    config = {**EvaluateInstruction(2, 3, "local").to_config(), **change}
+    with pytest.raises(ProtocolError, match=phrase):
+        EvaluateInstruction.from_config(config)
+
+
+def test_a_candidate_report_round_trips_every_loss():
+    report = EvaluateReport(3, 0.4, 0.9, (0.4, 0.5, 0.3))
+    assert EvaluateReport.from_reply(0.4, report.to_metrics()) == report
+
+
+def test_a_candidate_report_missing_a_loss_is_refused():
+    metrics = EvaluateReport(3, 0.4, 0.9, (0.4, 0.5, 0.3)).to_metrics()
+    del metrics["candidate-loss-2"]
+    with pytest.raises(ProtocolError, match="candidate-loss-2 is missing"):
+        EvaluateReport.from_reply(0.4, metrics)

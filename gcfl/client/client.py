@@ -8,7 +8,14 @@ from flwr.common import Config, NDArrays, Scalar
 
 from gcfl.config import GcflConfig
 from gcfl.data import ClientData, client_data, load_dataset
-from gcfl.protocol import LOSS_FIELDS, EvaluateReport, FitInstruction, FitReport, NodeInfo
+from gcfl.protocol import (
+    LOSS_FIELDS,
+    EvaluateInstruction,
+    EvaluateReport,
+    FitInstruction,
+    FitReport,
+    NodeInfo,
+)
 
 FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
 
@@ -111,17 +118,40 @@ class GcflClient(NumPyClient):
     def evaluate(
         self, parameters: NDArrays, config: Config
     ) -> tuple[float, int, dict[str, Scalar]]:
-        """The global model's loss and accuracy on this client's validation split."""
+        """Each model's loss on this client's examples; the first model's accuracy.
+
+        The request says how many models its arrays hold (one: the global
+        model) and on which split (:class:`~gcfl.protocol.EvaluateInstruction`).
+        Every model is checked against the model's shapes before any is used.
+        """
         from gcfl.model import cached_model, make_training_reproducible
 
         make_training_reproducible()
         from gcfl.client.training import check_weight_shapes, evaluate_weights
 
+        instruction = EvaluateInstruction.from_config(config)
         cfg = self.config
         dataset = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed)
         data = self._data()
         model = cached_model(cfg.model, dataset.input_shape, dataset.num_classes)
-        check_weight_shapes(model, parameters)
-        loss, accuracy = evaluate_weights(model, parameters, data.x_val, data.y_val)
-        report = EvaluateReport(self.partition_id, loss, accuracy)
-        return float(loss), len(data.x_val), report.to_metrics()
+        size = len(model.weights)
+        if len(parameters) != size * instruction.candidates:
+            raise ValueError(
+                f"the request holds {len(parameters)} arrays, not {instruction.candidates} "
+                f"model(s) of {size}"
+            )
+        models = [
+            list(parameters[i * size : (i + 1) * size]) for i in range(instruction.candidates)
+        ]
+        for weights in models:
+            check_weight_shapes(model, weights)
+        if instruction.split == "local":
+            x = np.concatenate([data.x_train, data.x_val])
+            y = np.concatenate([data.y_train, data.y_val])
+        else:
+            x, y = data.x_val, data.y_val
+        results = [evaluate_weights(model, weights, x, y) for weights in models]
+        loss, accuracy = results[0]
+        losses = tuple(float(r[0]) for r in results) if instruction.candidates > 1 else ()
+        report = EvaluateReport(self.partition_id, float(loss), float(accuracy), losses)
+        return float(loss), len(x), report.to_metrics()

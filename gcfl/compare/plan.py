@@ -37,8 +37,25 @@ def default_lr_grid(
     return tuple(dict.fromkeys(float(f"{value:.3g}") for value in values))
 
 
+FINE_GRID = "fine"
+FINE_MANTISSAS = (1, 2, 3, 5)
+
+
+def fine_lr_grid(lr_min: float, lr_max: float) -> tuple[float, ...]:
+    """1, 2, 3 and 5 times each power of ten inside [lr_min, lr_max], ascending.
+
+    The grid a careful user would search: 17 points over the default 1e-5..1e-1.
+    """
+    low, high = math.floor(math.log10(lr_min)), math.ceil(math.log10(lr_max))
+    values = (float(f"{m}e{e}") for e in range(low, high + 1) for m in FINE_MANTISSAS)
+    return tuple(v for v in values if lr_min * (1 - 1e-9) <= v <= lr_max * (1 + 1e-9))
+
+
 def parse_lr_grid(text: str) -> tuple[float, ...]:
-    """``"1e-3,0.01"`` -> (0.001, 0.01), ascending; refuses non-numbers, <= 0, inf, repeats."""
+    """``"1e-3,0.01"`` -> (0.001, 0.01), ascending; refuses non-numbers, <= 0, inf, repeats.
+
+    ``"fine"`` is resolved against the search space by :meth:`ComparePlan.lr_grid`.
+    """
     items = [item.strip() for item in text.split(",") if item.strip()]
     if not items:
         raise ValueError(f"--fedavg-lr-grid: {text!r} holds no learning rate; give e.g. 1e-3,1e-2")
@@ -85,6 +102,7 @@ class ComparePlan:
     out_dir: Path
     centralized_data: str = "whole"
     fedavg_lr_grid: tuple[float, ...] = ()  # empty: the default grid over [lr-min, lr-max]
+    fine_grid: bool = False  # fedavg-tuned over fine_lr_grid(lr-min, lr-max)
     engine: str = "inprocess"  # or "simulation": each federation through ``flwr run``
     workers: int = 1  # in-process runs at once, each in a fresh process
 
@@ -97,6 +115,8 @@ class ComparePlan:
         if self.fedavg_lr_grid:
             return tuple(sorted(self.fedavg_lr_grid))
         config = parse_run_config(self.run_config)
+        if self.fine_grid:
+            return fine_lr_grid(config.lr_min, config.lr_max)
         return default_lr_grid(config.lr_min, config.lr_max)
 
     def grid_runs(self) -> dict[str, float]:

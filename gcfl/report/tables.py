@@ -40,6 +40,18 @@ def client_fits(run: Run) -> int | None:
     return sum(len(record.get("clients") or []) for record in run["rounds"])
 
 
+def client_evaluations(run: Run) -> int | None:
+    """The models clients evaluated, summed over rounds: each one forward pass over a client's
+    examples, and one model sent (the federated fitness' candidates, or the global model
+    under ``fraction-evaluate``). None for centralised training.
+    """
+    if "client_evaluations" in run:
+        return run["client_evaluations"]
+    if run["strategy"] == "centralized":
+        return None
+    return sum(int(record.get("models_sent") or 0) for record in run["rounds"])
+
+
 def mean_final_accuracy(runs: Sequence[Run], strategy: str) -> float | None:
     """A strategy's final test accuracy, mean over its repeats that measured one."""
     finals = [final_accuracy(run) for run in runs if run["strategy"] == strategy]
@@ -96,6 +108,7 @@ def with_oracle(runs: Sequence[Run], candidates: Sequence[str], name: str) -> li
             "rounds": chosen["rounds"],
             "wall_seconds": sum(r.get("wall_seconds", math.nan) for r in grid),
             "client_fits": sum(client_fits(r) or 0 for r in grid),
+            "client_evaluations": sum(client_evaluations(r) or 0 for r in grid),
             "oracle": oracle,
         }
     result: list[Run] = []
@@ -144,6 +157,17 @@ def cost_cell(strategy: str, runs: Sequence[Run]) -> str:
     if oracle is not None:
         text += f" ({len(oracle['candidates'])} runs)"
     return text
+
+
+def evaluations_cell(strategy: str, runs: Sequence[Run]) -> str:
+    """A strategy's client evaluations, mean over repeats; ``-`` for centralised."""
+    values = [client_evaluations(run) for run in runs if run["strategy"] == strategy]
+    if not values:
+        return ""
+    if any(value is None for value in values):
+        return "-"
+    mean = float(np.mean(values))
+    return f"{mean:.0f}" if mean.is_integer() else f"{mean:.1f}"
 
 
 def round_statistics(runs: Sequence[Run], metric: str) -> dict[str, list[tuple[float, float]]]:
@@ -227,6 +251,9 @@ def rounds_table(runs: Sequence[Run], metric: str) -> tuple[list[str], list[list
             row.append(_cell(*series[index], repeats, 4) if index < len(series) else "")
         rows.append(row)
     rows.append(["client fits", *(cost_cell(strategy, runs) for strategy in strategies)])
+    rows.append(
+        ["client evaluations", *(evaluations_cell(strategy, runs) for strategy in strategies)]
+    )
     return header, rows
 
 
@@ -236,7 +263,14 @@ def outcome_table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
     Accuracies and wall time are mean ± std over repeats; client fits the mean.
     """
     repeats = repeats_in(runs)
-    header = ["strategy", "final accuracy", "best accuracy", "client fits", "wall time (s)"]
+    header = [
+        "strategy",
+        "final accuracy",
+        "best accuracy",
+        "client fits",
+        "client evaluations",
+        "wall time (s)",
+    ]
     rows = []
     for strategy in strategies_in(runs):
         mine = [run for run in runs if run["strategy"] == strategy]
@@ -248,7 +282,8 @@ def outcome_table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
             for v, digits in ((finals, 4), (bests, 4), (walls, 1))
         )
         name = display_name(strategy, runs, long=True)
-        rows.append([name, accuracy, best, cost_cell(strategy, runs), wall])
+        cost = cost_cell(strategy, runs)
+        rows.append([name, accuracy, best, cost, evaluations_cell(strategy, runs), wall])
     return header, rows
 
 
@@ -277,7 +312,10 @@ def markdown_table(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
 COST_NOTE = (
     "Client fits: the cost of a strategy in local trainings, the clients each round sampled "
     "summed over its rounds (mean over seeds); fedavg-tuned's client fits and wall time are "
-    "the sums over all its grid runs; centralized trains on pooled data (no client fits)."
+    "the sums over all its grid runs; centralized trains on pooled data (no client fits). "
+    "Client evaluations: the models sent to clients to evaluate (each one forward pass over "
+    "the client's examples): the federated fitness' candidates, or the global model with "
+    "fraction-evaluate > 0."
 )
 
 

@@ -10,6 +10,7 @@ translates Flower's types and calls these methods in its hooks.
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -18,7 +19,7 @@ from typing import Any
 import numpy as np
 
 from gcfl.config import GcflConfig
-from gcfl.protocol import FitInstruction
+from gcfl.protocol import EvaluateInstruction, FitInstruction
 from gcfl.strategy.aggregation import (
     best_share,
     clip_factors,
@@ -26,9 +27,20 @@ from gcfl.strategy.aggregation import (
     shortened,
     weighted_average,
 )
+from gcfl.strategy.candidates import (
+    Candidates,
+    candidates_for,
+    client_scores,
+    fitness_groups,
+    group_contributions,
+    harmful_groups,
+    judgeable_groups,
+)
+from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.judge import (
     EvaluateVerdict,
     FitVerdict,
+    judge_candidates,
     judge_evaluate,
     judge_fit,
     no_reply,
@@ -41,7 +53,7 @@ from gcfl.strategy.population import (
     states_from_dict,
     states_to_dict,
 )
-from gcfl.strategy.record import ClientRecord, RoundRecord
+from gcfl.strategy.record import ClientRecord, GroupRecord, RoundRecord
 from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
@@ -63,6 +75,24 @@ class NoReply:
 
     outcome: str
     reason: str
+
+
+@dataclass
+class PendingFitness:
+    """A round between its fits and its federated fitness (``fitness=federated``).
+
+    ``updates`` are the accepted updates as averaged (after any clip), keyed
+    by client; ``labels`` every trained client's cluster; ``aggregate`` the
+    model the round returns when the evaluation cannot judge (None: the round
+    keeps the global model, as after a rollback or too few updates).
+    """
+
+    labels: dict[int, int]
+    updates: dict[int, tuple[Weights, int]]
+    aggregate: Weights | None
+    groups: dict[int, tuple[int, ...]] | None = None
+    candidates: Candidates | None = None
+    plan: dict[int, list[int]] | None = None  # evaluator -> the groups it judges
 
 
 class StrategySetupError(RuntimeError):
@@ -95,6 +125,10 @@ class Coordinator:
         self.previous_weights: Weights | None = None
         self.previous_val_loss: float | None = None
         self.round: RoundRecord | None = None
+        # fitness=federated: the policy evolves only once the candidates are judged.
+        self.federated = config.strategy == "gcfl" and config.fitness == "federated"
+        self.pending: PendingFitness | None = None
+        self.completed_record: RoundRecord | None = None
         self._instructions: dict[int, FitInstruction] = {}
         self._refreshed: set[int] = set()
         self._global_weights: Weights = []
@@ -152,13 +186,13 @@ class Coordinator:
         record.global_val_loss = mean_finite(
             v.report.val_loss_before for v in verdicts.values() if v.report and v.report_believed
         )
-        labels = self.policy.step(record.round, {c: _report(v) for c, v in verdicts.items()})
-        for client in record.clients:
-            state = self.policy.states[client.id]
-            client.cluster = labels.get(client.id)
-            client.migrated = client.id in self.policy.migrants
-            client.refreshed = client.id in self._refreshed
-            client.score = state.score
+        reports = {c: _report(v) for c, v in verdicts.items()}
+        if self.federated:
+            labels = self.policy.record(record.round, reports)
+            self.pending = PendingFitness(labels, {}, None)
+        else:
+            labels = self.policy.step(record.round, reports)
+        self._note_policy(labels)
         accepted_ids = [cid for cid in sorted(verdicts) if verdicts[cid].update]
         self.completed_rounds = record.round
         if self._should_roll_back(verdicts, record.global_val_loss):
@@ -189,7 +223,21 @@ class Coordinator:
                 (shortened(weights, self._global_weights, factor), count)
                 for (weights, count), factor in zip(updates, factors, strict=True)  # type: ignore[misc]
             ]
-        return weighted_average(updates)  # type: ignore[arg-type]
+        aggregate = weighted_average(updates)  # type: ignore[arg-type]
+        if self.pending is not None:
+            self.pending.updates = dict(zip(averaged, updates, strict=True))  # type: ignore[arg-type]
+            self.pending.aggregate = aggregate
+        return aggregate
+
+    def _note_policy(self, labels: Mapping[int, int]) -> None:
+        """Copy the policy's clusters, migrations and scores into the round's client records."""
+        assert self.round is not None
+        for client in self.round.clients:
+            state = self.policy.states[client.id]
+            client.cluster = labels.get(client.id)
+            client.migrated = client.id in self.policy.migrants
+            client.refreshed = client.id in self._refreshed
+            client.score = state.score
 
     def _averaged(self, accepted_ids: list[int]) -> list[int]:
         """The accepted clients whose updates are averaged (``aggregate-share``).
@@ -201,7 +249,12 @@ class Coordinator:
         config = self.config
         if config.strategy != "gcfl":
             return accepted_ids
-        scores = [self.policy.states[cid].score for cid in accepted_ids]
+        if self.federated:
+            # The federated scores come after the aggregate: these rules rank by the local one.
+            local = self.policy.local_scores(accepted_ids)
+            scores = [local[cid] for cid in accepted_ids]
+        else:
+            scores = [self.policy.states[cid].score for cid in accepted_ids]
         minimum = max(2, config.min_fit_clients)
         kept = list(range(len(accepted_ids)))
         if config.aggregate_floor > 0 and config.fitness != "loss":
@@ -226,6 +279,134 @@ class Coordinator:
         return rollback_needed(
             self.previous_val_loss, global_val_loss, self.config.rollback_tolerance
         )
+
+    # ------------------------------------------------------ federated fitness
+    def candidate_requests(self) -> dict[int, tuple[EvaluateInstruction, list[Weights]]]:
+        """fitness=federated: each evaluator's instruction and models (the aggregate first).
+
+        Empty when there is nothing to judge (no pending round, fewer than two
+        groups of accepted updates, no evaluator that may judge any group);
+        :meth:`finish_candidates` must still be called.
+        """
+        pending = self.pending
+        if pending is None or pending.aggregate is None or self.round is None:
+            return {}
+        accepted = {cid: pending.labels[cid] for cid in pending.updates if cid in pending.labels}
+        states = self.policy.states
+        space = SearchSpace(
+            self.config.lr_min, self.config.lr_max, self.config.batch_min, self.config.batch_max
+        )
+        ids = sorted(accepted)
+        rows = hyperparameter_features(
+            [states[c].trained_lr or states[c].lr for c in ids],  # type: ignore[misc]
+            [states[c].trained_batch_size or states[c].batch_size for c in ids],  # type: ignore[misc]
+            space,
+        )
+        groups = fitness_groups(accepted, dict(zip(ids, rows.tolist(), strict=True)))
+        if len(groups) < 2:
+            return {}
+        pending.groups = groups
+        candidates = candidates_for(
+            self.config.fitness_candidates, pending.updates, groups, self._global_weights
+        )
+        pending.candidates = candidates
+        plan = {e: judgeable_groups(e, groups) for e in self._fitness_evaluators()}
+        pending.plan = {e: labels for e, labels in plan.items() if labels}
+        server_round = self.round.round
+        requests = {}
+        for evaluator, labels in pending.plan.items():
+            models = candidates.models(labels)
+            requests[evaluator] = (EvaluateInstruction(server_round, len(models), "local"), models)
+        return requests
+
+    def _fitness_evaluators(self) -> list[int]:
+        """The round's evaluators: clients that did not train first, then some that did."""
+        config = self.config
+        count = config.fitness_evaluators
+        if config.fraction_evaluate > 0:
+            count = max(count, num_sampled(len(self.capacity), config.fraction_evaluate, 1))
+        trained = sorted(self._instructions)
+        idle = sorted(set(self.capacity) - set(trained))
+        rng = self.evaluation_rng
+        chosen = [int(c) for c in rng.permutation(np.array(idle, dtype=np.int64))[:count]]
+        if len(chosen) < count:
+            extra = rng.permutation(np.array(trained, dtype=np.int64))[: count - len(chosen)]
+            chosen += [int(c) for c in extra]
+        return sorted(chosen)
+
+    def finish_candidates(
+        self, replies: Mapping[int, tuple[Any, Mapping[str, Any], int] | NoReply]
+    ) -> Weights | None:
+        """Judge the evaluators' losses, evolve the policy; the round's global model.
+
+        The groups whose absence lowered the evaluators' median loss are left
+        out of the aggregate; every other accepted update is averaged. Without
+        a believed evaluation, clients rank by their own improvement and every
+        accepted update counts (None: keep the model ``finish_fit`` returned).
+        """
+        assert self.round is not None and self.pending is not None
+        record, pending, self.pending = self.round, self.pending, None
+        local = self.policy.local_scores(pending.labels)
+        if pending.groups is None or pending.candidates is None or pending.plan is None:
+            self.policy.evolve(pending.labels, local)
+            self._note_policy(pending.labels)
+            return pending.aggregate
+        judged: dict[int, dict[int, tuple[float, float]]] = {}
+        verdicts: list[EvaluateVerdict] = []
+        refused: dict[str, str] = {}
+        for evaluator, labels in sorted(pending.plan.items()):
+            reply = replies.get(evaluator)
+            if reply is None or isinstance(reply, NoReply):
+                why = "no reply" if reply is None else f"{reply.outcome}: {reply.reason}"
+                refused[str(evaluator)] = why
+                continue
+            expected = len(pending.candidates.models(labels))
+            verdict = judge_candidates(evaluator, *reply, expected, self._local_capacity(evaluator))
+            if verdict.report is None:
+                refused[str(evaluator)] = str(verdict.reason)
+                continue
+            verdicts.append(verdict)
+            judged[evaluator] = pending.candidates.with_and_without(verdict.report.losses, labels)
+        judgements = group_contributions(judged, pending.groups)
+        harmful = harmful_groups(judgements) if self.config.aggregate == "drop-harmful" else set()
+        candidates = pending.candidates
+        shares = (
+            candidates.shares
+            if candidates.kind == "leave-out"
+            else dict.fromkeys(candidates.shares, 1.0)
+        )
+        scores = {**local, **client_scores(pending.groups, judgements, shares, local)}
+        self.policy.evolve(pending.labels, scores)
+        self._note_policy(pending.labels)
+        record.evaluation_refused = refused
+        record.federated_clients = len(verdicts)
+        result = weighted_evaluation(verdicts)
+        if result is not None:
+            record.federated_loss, record.federated_accuracy = result
+        record.groups = [
+            GroupRecord(
+                label=label,
+                members=list(members),
+                share=round(candidates.shares[label], 6),
+                contribution=judgements[label].contribution,
+                evaluators=judgements[label].evaluators,
+                left_out=label in harmful,
+            )
+            for label, members in pending.groups.items()
+        ]
+        left_out = {c for label in harmful for c in pending.groups[label]}
+        for client in record.clients:
+            client.left_out = client.id in left_out
+        if not harmful:
+            return candidates.aggregate
+        kept = [cid for cid in sorted(pending.updates) if cid not in left_out]
+        record.aggregated = len(kept)
+        return weighted_average([pending.updates[cid] for cid in kept])
+
+    def _local_capacity(self, client_id: int) -> int:
+        """The most examples a client holds in all (training and validation splits)."""
+        train = self.capacity[client_id]
+        return math.ceil(train / (1.0 - self.config.val_fraction)) + 1
 
     # ------------------------------------------------------------ evaluation
     def evaluation_sample(self) -> list[int]:
@@ -261,6 +442,7 @@ class Coordinator:
         """The finished round's record, with the server-side evaluation of its global model."""
         assert self.round is not None
         record, self.round = self.round, None
+        self.completed_record = record
         record.loss, record.accuracy = loss, accuracy
         record.seconds = round(time.perf_counter() - self._started, 3)
         return record

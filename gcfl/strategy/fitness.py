@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-FITNESS_RULES = ("improvement", "val-improvement", "loss")
+FITNESS_RULES = ("federated", "improvement", "val-improvement", "loss")
 
 
 def relative_change(before: float | None, after: float | None) -> float | None:
@@ -44,6 +44,8 @@ def fitness_score(
         return None if val_after is None or not math.isfinite(val_after) else float(val_after)
     if rule == "val-improvement":
         return relative_change(val_before, val_after)
-    if rule == "improvement":
+    if rule in ("improvement", "federated"):
+        # "federated" ranks by what other clients measure (gcfl.strategy.candidates);
+        # a round without that evaluation, and ties inside a group, fall back to this.
         return relative_change(local_before, local_after)
     raise ValueError(f"fitness rule must be one of {', '.join(FITNESS_RULES)}, got {rule!r}")

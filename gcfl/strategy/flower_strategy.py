@@ -117,7 +117,12 @@ class GeneticClusteredFedAvg(FedAvg):
     ) -> list[tuple[ClientProxy, FitIns]]:
         """Sample clients with the seeded Generator; give each its own FitIns."""
         assert self.coordinator is not None, "initialize_parameters was not called"
-        self._weights = parameters_to_ndarrays(parameters)
+        if self.coordinator.federated and self._weights:
+            # The federated fitness settles the global model after Flower's fit step,
+            # so Flower's copy may be the aggregate before some groups were left out.
+            parameters = ndarrays_to_parameters(self._weights)
+        else:
+            self._weights = parameters_to_ndarrays(parameters)
         instructions = self.coordinator.start_fit(server_round + self.round_offset, self._weights)
         # A new FitIns (and config dict) per client: a shared one would give
         # every client the last client's hyperparameters.
@@ -148,11 +153,31 @@ class GeneticClusteredFedAvg(FedAvg):
     def configure_evaluate(
         self, server_round: int, parameters: Parameters, client_manager: ClientManager
     ) -> list[tuple[ClientProxy, EvaluateIns]]:
-        if self.coordinator is None or self.coordinator.round is None:
+        coordinator = self.coordinator
+        if coordinator is None or coordinator.round is None:
             return []
+        proxy = self.federation.proxy
+        if coordinator.pending is not None:
+            requests = coordinator.candidate_requests()
+            if not requests:
+                self._settle_fitness(server_round, {})
+                return []
+            coordinator.round.evaluation_requests = len(requests)
+            coordinator.round.models_sent = sum(i.candidates for i, _ in requests.values())
+            return [
+                (
+                    proxy(c),
+                    EvaluateIns(
+                        ndarrays_to_parameters([a for model in models for a in model]),
+                        dict(instruction.to_config()),
+                    ),
+                )
+                for c, (instruction, models) in requests.items()
+            ]
         config = evaluate_config(server_round + self.round_offset)
-        chosen = self.coordinator.evaluation_sample()
-        return [(self.federation.proxy(c), EvaluateIns(parameters, dict(config))) for c in chosen]
+        chosen = coordinator.evaluation_sample()
+        coordinator.round.evaluation_requests = coordinator.round.models_sent = len(chosen)
+        return [(proxy(c), EvaluateIns(parameters, dict(config))) for c in chosen]
 
     def aggregate_evaluate(
         self,
@@ -160,19 +185,39 @@ class GeneticClusteredFedAvg(FedAvg):
         results: list[tuple[ClientProxy, EvaluateRes]],
         failures: Failures,
     ) -> tuple[float | None, dict[str, Scalar]]:
-        """The clients' weighted loss and accuracy of the global model; the round closes."""
+        """The clients' evaluations: the candidates judged, or the global model's loss."""
         assert self.coordinator is not None
         replies: dict[int, Any] = dict(self.federation.failures(failures))
         for cid, res in self.federation.replies(results).items():
             replies[cid] = (res.loss, res.metrics, res.num_examples)
+        if self.coordinator.pending is not None:
+            self._settle_fitness(server_round, replies)
+            record = self.coordinator.completed_record
+            loss, accuracy = (
+                (record.federated_loss, record.federated_accuracy) if record else (None, None)
+            )
+            return (loss, {"accuracy": accuracy}) if loss is not None else (None, {})
         result = self.coordinator.finish_evaluation(replies)
         self._close_round()
         return (result[0], {"accuracy": result[1]}) if result else (None, {})
+
+    def _settle_fitness(self, server_round: int, replies: dict[int, Any]) -> None:
+        """fitness=federated: the round's final model, its server-side evaluation, the record."""
+        assert self.coordinator is not None
+        weights = self.coordinator.finish_candidates(replies)
+        if weights is not None:
+            self._weights = weights
+        result = super().evaluate(server_round, ndarrays_to_parameters(self._weights))
+        loss, metrics = result if result is not None else (None, {})
+        self._central = (loss, metrics.get("accuracy"))
+        self._close_round()
 
     def evaluate(
         self, server_round: int, parameters: Parameters
     ) -> tuple[float, dict[str, Scalar]] | None:
         """The server's test-set evaluation; the round closes here unless clients evaluate."""
+        if server_round > 0 and self.coordinator and self.coordinator.pending is not None:
+            return None  # the model is final only once the candidates are judged
         result = super().evaluate(server_round, parameters)
         if server_round > 0 and self.coordinator and self.coordinator.round is not None:
             loss, metrics = result if result is not None else (None, {})

@@ -21,6 +21,7 @@ import numpy as np
 
 from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, ProtocolError
 from gcfl.strategy.aggregation import check_update
+from gcfl.strategy.candidates import loss_problem
 from gcfl.strategy.genetic import Hyperparameters
 
 Outcome = Literal["ok", "diverged", "refused", "failed", "timed-out"]
@@ -174,6 +175,30 @@ def judge_evaluate(
     if not 1 <= num_examples <= capacity:
         return EvaluateVerdict(None, 0, f"num_examples {num_examples} is outside 1..{capacity}")
     return EvaluateVerdict(report, num_examples)
+
+
+def judge_candidates(
+    client_id: int,
+    loss: Any,
+    metrics: Mapping[str, Any],
+    num_examples: int,
+    expected: int,
+    capacity: int,
+) -> EvaluateVerdict:
+    """Accept a candidate evaluation: one plausible loss per model sent, on the client's examples.
+
+    ``capacity``: the most examples the client holds in all. Flower's ``loss``
+    must be the first candidate's, as the client computes it.
+    """
+    verdict = judge_evaluate(client_id, loss, metrics, num_examples, capacity)
+    if verdict.report is None:
+        return verdict
+    problem = loss_problem(verdict.report.losses, expected)
+    if problem is None and verdict.report.losses[0] != verdict.report.loss:
+        problem = f"loss {verdict.report.loss!r} is not candidate-loss-0"
+    if problem is not None:
+        return EvaluateVerdict(None, 0, problem)
+    return verdict
 
 
 def weighted_evaluation(verdicts: Sequence[EvaluateVerdict]) -> tuple[float, float] | None:

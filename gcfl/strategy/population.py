@@ -161,6 +161,15 @@ class HyperparameterPolicy(Protocol):
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
         """Take a round's reports; return the cluster of each client that trained."""
 
+    def record(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        """The first half of ``step``: store the reports, cluster; the clusters."""
+
+    def evolve(self, labels: Mapping[int, int], scores: Mapping[int, float | None]) -> None:
+        """The second half of ``step``, with the scores given (the federated fitness)."""
+
+    def local_scores(self, client_ids: Iterable[int]) -> dict[int, float | None]:
+        """Each client's relative improvement of its local loss over its last fit."""
+
 
 def _record(
     states: dict[int, ClientState], server_round: int, reports: Mapping[int, Report]
@@ -195,8 +204,17 @@ class FixedHyperparameters:
         return self.fixed
 
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        return self.record(server_round, reports)
+
+    def record(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
         _record(self.states, server_round, reports)
         return {}
+
+    def evolve(self, labels: Mapping[int, int], scores: Mapping[int, float | None]) -> None:
+        return None
+
+    def local_scores(self, client_ids: Iterable[int]) -> dict[int, float | None]:
+        return dict.fromkeys(client_ids)
 
 
 class GeneticPopulation:
@@ -279,20 +297,46 @@ class GeneticPopulation:
         return Hyperparameters(state.lr, state.batch_size)
 
     def step(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
-        _record(self.states, server_round, reports)
-        self._settle(reports)
-        trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
-        labels = self._labels(server_round, trained)
-        states = [self.states[cid] for cid in trained]
-        for state, label in zip(states, labels.values(), strict=True):
-            state.cluster = label
-            state.score = fitness_score(
+        labels = self.record(server_round, reports)
+        scores = {
+            cid: fitness_score(
                 self.settings.fitness,
                 state.loss_before,
                 state.loss,
                 state.local_loss_before,
                 state.local_loss_after,
             )
+            for cid, state in ((cid, self.states[cid]) for cid in labels)
+        }
+        self.evolve(labels, scores)
+        return labels
+
+    def record(self, server_round: int, reports: Mapping[int, Report]) -> dict[int, int]:
+        _record(self.states, server_round, reports)
+        self._settle(reports)
+        trained = sorted(cid for cid, r in reports.items() if r.status in TRAINED)
+        labels = self._labels(server_round, trained)
+        for cid, label in labels.items():
+            self.states[cid].cluster = label
+        return labels
+
+    def local_scores(self, client_ids: Iterable[int]) -> dict[int, float | None]:
+        return {
+            cid: fitness_score(
+                "improvement",
+                None,
+                None,
+                self.states[cid].local_loss_before,
+                self.states[cid].local_loss_after,
+            )
+            for cid in client_ids
+        }
+
+    def evolve(self, labels: Mapping[int, int], scores: Mapping[int, float | None]) -> None:
+        trained = list(labels)
+        states = [self.states[cid] for cid in trained]
+        for cid, state in zip(trained, states, strict=True):
+            state.score = scores.get(cid)
         cohort = Cohort(
             client_id=np.array(trained, dtype=np.int64),
             lr=np.array([s.lr for s in states], dtype=np.float64),
@@ -319,7 +363,6 @@ class GeneticPopulation:
         lrs, batch_sizes = self._inside_space(lrs, batch_sizes)
         for state, lr, batch in zip(states, lrs.tolist(), batch_sizes.tolist(), strict=True):
             state.lr, state.batch_size = lr, batch
-        return labels
 
     def _settle(self, reports: Mapping[int, Report]) -> None:
         """Give every reported client a pair inside the space before anything is clustered.

@@ -44,6 +44,8 @@ class ClientRecord:
     migrated: bool = False
     refreshed: bool = False  # trained with an offspring of the latest best, not its stale pair
     score: float | None = None
+    # Accepted, but its group was left out of the aggregate by the federated fitness.
+    left_out: bool = False
 
     @classmethod
     def of(cls, client_id: int, instruction: FitInstruction, verdict: FitVerdict) -> ClientRecord:
@@ -70,6 +72,18 @@ class ClientRecord:
 
 
 @dataclass
+class GroupRecord:
+    """One group of the federated fitness: its members and what the evaluators said of it."""
+
+    label: int
+    members: list[int]
+    share: float  # of the aggregate's examples
+    contribution: float | None  # median of loss(A - group) / loss(A) - 1 over its evaluators
+    evaluators: int
+    left_out: bool  # its absence lowered the loss: not averaged
+
+
+@dataclass
 class RoundRecord:
     """One round: its outcome, the global model's evaluations and every sampled client."""
 
@@ -85,6 +99,11 @@ class RoundRecord:
     federated_clients: int = 0
     # Partition id (as a string, JSON's key type) -> why its evaluation was not used.
     evaluation_refused: dict[str, str] = field(default_factory=dict)
+    # Evaluate requests sent this round and the models they carried (the client's
+    # forward passes over its examples), for the cost tables.
+    evaluation_requests: int = 0
+    models_sent: int = 0
+    groups: list[GroupRecord] = field(default_factory=list)
     seconds: float = 0.0
     clients: list[ClientRecord] = field(default_factory=list)
 
