@@ -143,7 +143,7 @@ ABLATION["A + crossover=blend - batch-step"] = {
     "batch-step": 0.0,
 }
 # FedAvg between the grid's points: how far the grid's best is from the best lr.
-for _lr in (5e-4, 2e-3, 3e-3, 5e-3):
+for _lr in (2e-4, 3e-4, 5e-4, 2e-3, 3e-3, 5e-3):
     ABLATION[f"fedavg@{_lr:g}"] = {"strategy": "fedavg", "fedavg-lr": _lr}
 # A without its averaging floor, to see what the floor adds.
 ABLATION["B: refresh 0.5 + batch-step 0.2"] = {
@@ -159,6 +159,9 @@ ABLATION["A + aggregate-clip=1.0 + batch-max=64"] = {
 # The federated fitness (gcfl.strategy.candidates), measured against the local one.
 ABLATION["gcfl fitness=federated"] = {"fitness": "federated"}
 ABLATION["gcfl fitness=improvement"] = {"fitness": "improvement"}
+# Robust aggregation: what each rule costs an honest run (benchmarks/poisoning.py: what it resists).
+for _rule in ("guarded", "trimmed-mean", "median", "krum"):
+    ABLATION[f"gcfl aggregate={_rule}"] = {"aggregate": _rule}
 ABLATION["gcfl fitness=federated fitness-candidates=leave-out"] = {
     "fitness": "federated",
     "fitness-candidates": "leave-out",

@@ -24,7 +24,7 @@ FITNESS_RULES = ("federated", "improvement", "val-improvement", "loss")
 MUTATION_RULES = ("log", "linear")
 CROSSOVER_RULES = ("pick", "blend")
 INITS = ("random", "search")
-AGGREGATE_RULES = ("mean", "drop-harmful")
+AGGREGATE_RULES = ("mean", "guarded", "trimmed-mean", "median", "krum", "drop-harmful")
 CANDIDATE_KINDS = ("group", "leave-out")
 PARTITIONS = ("slices", "iid", "dirichlet")
 BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
@@ -262,9 +262,41 @@ class GcflConfig:
         default="mean",
         metadata=_key(
             "aggregate",
-            "mean: every accepted update, weighted by examples (FedAvg's rule); drop-harmful "
-            "(fitness=federated): without the clusters whose absence lowered the evaluators' loss",
+            "mean: every accepted update, weighted by examples (FedAvg's rule); guarded: "
+            "without the updates whose move agrees with the others' mean direction less than "
+            "aggregate-agreement x the round's median (never a majority), the rest shortened "
+            "to at most "
+            "twice their median move, then the mean; trimmed-mean: "
+            "per coordinate, without the aggregate-trim share at each end; median: per "
+            "coordinate; krum: the mean of the n - aggregate-byzantine updates nearest the "
+            "others (Multi-Krum); drop-harmful (fitness=federated): without the clusters whose "
+            "absence lowered the evaluators' loss",
             _one_of(AGGREGATE_RULES),
+        ),
+    )
+    aggregate_agreement: float = field(
+        default=0.5,
+        metadata=_key(
+            "aggregate-agreement",
+            "aggregate=guarded: an update is kept when its cosine with the others' mean "
+            "direction is positive and at least this share of the round's median cosine",
+            _fraction_closed_open,
+        ),
+    )
+    aggregate_trim: float = field(
+        default=0.2,
+        metadata=_key(
+            "aggregate-trim",
+            "aggregate=trimmed-mean: share of the updates dropped at each end of every coordinate",
+            lambda v: None if 0 <= v < 0.5 else "must be in [0, 0.5)",
+        ),
+    )
+    aggregate_byzantine: int = field(
+        default=1,
+        metadata=_key(
+            "aggregate-byzantine",
+            "aggregate=krum: how many hostile updates a round is assumed to hold",
+            _non_negative,
         ),
     )
     migration: float = field(
@@ -470,6 +502,15 @@ class GcflConfig:
             "round-timeout",
             "seconds a round waits for its clients' replies; later ones count as timed-out",
             _positive,
+        ),
+    )
+    round_deadline_factor: float = field(
+        default=3.0,
+        metadata=_key(
+            "round-deadline-factor",
+            "once half of a round's clients have replied, the rest get at most this multiple "
+            "of the slowest reply so far (at least 30 s; never past round-timeout); 0: off",
+            _non_negative,
         ),
     )
 

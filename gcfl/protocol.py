@@ -63,6 +63,11 @@ NUM_PARTITIONS = "num-partitions"
 NUM_EXAMPLES = "num-examples"
 
 
+# A ClientApp that gives up on its own call past the round's deadline says so with this
+# phrase in its error; the server records such a client as timed-out, not failed.
+ABANDONED_CALL = "did not return within"
+
+
 class ProtocolError(ValueError):
     """A message that does not follow the contract; the text says which key and why."""
 

@@ -1,5 +1,6 @@
 """PromptGrid: replies are collected as they arrive; every other Grid call passes through."""
 
+import threading
 import time
 from types import SimpleNamespace
 
@@ -105,3 +106,50 @@ def test_a_message_the_superlink_expired_is_named_as_timed_out():
     with pytest.raises(NoReplyError) as raised:
         grid.send_and_receive(_messages("a", ttl=20.0, node=9))
     assert raised.value.outcome == "timed-out" and "TTL" in raised.value.reason
+
+
+def _round_of(grid, ids, group, ttl):
+    """Send each message from its own thread, as Flower's server does; each call's outcome."""
+    outcomes: dict[str, str] = {}
+
+    def send(message_id):
+        started = time.monotonic()
+        try:
+            grid.send_and_receive(_messages(message_id, ttl=ttl, group=group))
+            outcomes[message_id] = "ok"
+        except NoReplyError as error:
+            outcomes[message_id] = error.outcome
+        outcomes[message_id + "-s"] = time.monotonic() - started
+
+    threads = [threading.Thread(target=send, args=(i,)) for i in ids]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    return outcomes
+
+
+def test_once_most_have_replied_a_silent_node_waits_a_multiple_of_the_slowest_not_its_ttl():
+    inner = ScriptedGrid({"a": 1, "b": 2, "c": 3, "d": 10**9})
+    grid = PromptGrid(inner, pull_interval_s=0.01, deadline_factor=3.0, least_adaptive_s=0.5)
+    outcomes = _round_of(grid, ["a", "b", "c", "d"], group="3", ttl=3600.0)
+    assert [outcomes[i] for i in "abc"] == ["ok", "ok", "ok"]
+    assert outcomes["d"] == "timed-out"
+    assert outcomes["d-s"] < 30  # far below the TTL of an hour
+
+
+def test_without_a_factor_the_ttl_alone_is_the_deadline():
+    inner = ScriptedGrid({"a": 1, "b": 10**9})
+    grid = PromptGrid(inner, pull_interval_s=0.01, deadline_factor=0.0, least_adaptive_s=0.0)
+    outcomes = _round_of(grid, ["a", "b"], group="4", ttl=1.0)
+    assert outcomes["a"] == "ok" and outcomes["b"] == "timed-out"
+    assert outcomes["b-s"] >= 0.9  # the whole TTL: nothing shortened it
+
+
+def test_a_client_that_abandoned_its_own_call_is_named_as_timed_out():
+    inner = ScriptedGrid({"a": 1})
+    inner.errors["a"] = "ClientAppException: fit of client 3 did not return within 120 s; abandoned"
+    grid = PromptGrid(inner, pull_interval_s=0.001)
+    with pytest.raises(NoReplyError) as raised:
+        grid.send_and_receive(_messages("a", ttl=20.0, node=3))
+    assert raised.value.outcome == "timed-out" and "did not return within" in raised.value.reason

@@ -17,6 +17,7 @@ from flwr.common import Config, Context, NDArrays, Scalar
 from flwr.common.logger import log
 
 from gcfl.client.client import GcflClient
+from gcfl.client.deadline import DeadlineClient
 from gcfl.client.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
 from gcfl.config import ConfigError, GcflConfig, config_of
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
@@ -78,10 +79,19 @@ def client_fn(context: Context) -> Client:
         ) from None
     worker_socket = context.node_config.get(NODE_CONFIG_KEY)
     if worker_socket:
-        return WorkerBackedClient(
+        client: GcflClient = WorkerBackedClient(
             partition_id, num_partitions, config, context.run_config, str(worker_socket)
-        ).to_client()
-    return GcflClient(partition_id, num_partitions, config).to_client()
+        )
+    else:
+        client = GcflClient(partition_id, num_partitions, config)
+    return with_deadline(client.to_client(), config, partition_id)
+
+
+def with_deadline(client: Client, config: GcflConfig, partition_id: int) -> Client:
+    """``client`` whose fit and evaluate are abandoned once past their deadline."""
+    return DeadlineClient(
+        client, config.round_timeout, config.round_deadline_factor, f"client {partition_id}"
+    )
 
 
 app = ClientApp(client_fn=client_fn)

@@ -291,7 +291,9 @@ class ComposeStack:
         env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
         log = self.directory / f"flwr-run-{time.time_ns()}.log"
         command = [flower_command("flwr"), "run", str(app), CONNECTION_NAME, "--stream"]
-        run_id = stream_flwr_run([*command, "--run-config", run_config], env, log, on_line)
+        run_id = stream_flwr_run(
+            [*command, "--run-config", run_config], env, log, on_line, CONNECTION_NAME
+        ).run_id
         return Submission(run_id, run_status(env, CONNECTION_NAME, run_id), log)
 
     def leftovers(self) -> list[str]:

@@ -219,7 +219,8 @@ def deploy(
             env,
             out_dir / LOG_FILE,
             on_line,
-        )
+            CONNECTION_NAME,
+        ).run_id
         status = run_status(env, CONNECTION_NAME, run_id)
     finally:
         deployment.stop()

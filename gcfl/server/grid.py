@@ -13,11 +13,14 @@ from __future__ import annotations
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 from flwr.app import Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
+
+from gcfl.protocol import ABANDONED_CALL
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
@@ -26,6 +29,25 @@ PULL_INTERVAL_S = 0.1
 EXPIRED = frozenset({ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE})
 MAX_REASON = 300  # characters of a client's error kept in the round's record
 MAX_GROUPS_KEPT = 16  # rounds' start times remembered: a round's messages all go out together
+# The adaptive deadline: once this share of a round's messages have their replies, the
+# rest get at most ``factor`` times the slowest reply so far, and never less than this.
+QUORUM = 0.5
+MIN_ADAPTIVE_S = 30.0
+
+
+@dataclass
+class _Group:
+    """One round's messages of one kind, as far as the replies tell."""
+
+    started: float
+    pushed: int = 0
+    replied: int = 0
+    slowest: float = 0.0
+
+    def adaptive_deadline(self, factor: float, least_s: float) -> float | None:
+        if factor <= 0 or self.pushed == 0 or self.replied < QUORUM * self.pushed:
+            return None
+        return self.started + max(least_s, factor * self.slowest)
 
 
 class NoReplyError(Exception):
@@ -50,16 +72,33 @@ def _raise_unless_answered(message: Message, replies: list[Message], waited: flo
     if replies[0].has_error():
         # Flower's reason can hold a whole remote traceback; its last line names the error.
         lines = [line for line in str(replies[0].error.reason).splitlines() if line.strip()]
-        raise NoReplyError(node_id, "failed", (lines[-1] if lines else "error")[:MAX_REASON])
+        reason = (lines[-1] if lines else "error")[:MAX_REASON]
+        # A ClientApp that gave up on its own call ran out of time, whatever the round's clock.
+        outcome = "timed-out" if ABANDONED_CALL in reason else "failed"
+        raise NoReplyError(node_id, outcome, reason)
 
 
 class PromptGrid(Grid):
-    """``grid`` with a ``send_and_receive`` that looks for replies every ``pull_interval_s``."""
+    """``grid`` with a ``send_and_receive`` that looks for replies every ``pull_interval_s``.
 
-    def __init__(self, grid: Grid, pull_interval_s: float = PULL_INTERVAL_S) -> None:
+    ``deadline_factor`` > 0 makes a round's deadline adaptive: once half of
+    its messages have their replies, the others get at most that multiple of
+    the slowest reply so far (counted from the round's first push, at least
+    30 s), and never more than their TTL (``round-timeout``).
+    """
+
+    def __init__(
+        self,
+        grid: Grid,
+        pull_interval_s: float = PULL_INTERVAL_S,
+        deadline_factor: float = 0.0,
+        least_adaptive_s: float = MIN_ADAPTIVE_S,
+    ) -> None:
         self.grid = grid
         self.pull_interval_s = pull_interval_s
-        self._group_started: dict[tuple[str, str], float] = {}
+        self.deadline_factor = deadline_factor
+        self.least_adaptive_s = least_adaptive_s
+        self._groups: dict[tuple[str, str], _Group] = {}
         self._lock = threading.Lock()
 
     def set_run(self, run: Run) -> None:
@@ -106,13 +145,16 @@ class PromptGrid(Grid):
         """
         messages = list(messages)
         now = time.monotonic()
-        deadline = now + timeout if timeout is not None else self._deadline(messages, now)
+        fixed = now + timeout if timeout is not None else self._deadline(messages, now)
+        groups = [] if timeout is not None else self._groups_of(messages)
         waiting = set(self.push_messages(messages))
         replies: list[Message] = []
+        deadline = fixed
         while waiting:
             received = list(self.pull_messages(waiting))
             replies += received
             waiting -= {reply.metadata.reply_to_message_id for reply in received}
+            deadline = self._adaptive(groups, fixed, answered=len(received))
             if not waiting or time.monotonic() >= deadline:
                 break
             time.sleep(self.pull_interval_s)
@@ -120,15 +162,38 @@ class PromptGrid(Grid):
             _raise_unless_answered(messages[0], replies, deadline - now)
         return replies
 
+    def _groups_of(self, messages: list[Message]) -> list[_Group]:
+        with self._lock:
+            groups = []
+            for message in messages:
+                key = (message.metadata.group_id, message.metadata.message_type)
+                if key[0]:
+                    group = self._groups.setdefault(key, _Group(time.monotonic()))
+                    group.pushed += 1
+                    groups.append(group)
+            return groups
+
+    def _adaptive(self, groups: list[_Group], fixed: float, answered: int) -> float:
+        """The deadline now: the fixed one, or sooner once the round's quorum has replied."""
+        if not groups:
+            return fixed
+        with self._lock:
+            group = groups[0]
+            if answered:
+                group.replied += answered
+                group.slowest = max(group.slowest, time.monotonic() - group.started)
+            adaptive = group.adaptive_deadline(self.deadline_factor, self.least_adaptive_s)
+        return fixed if adaptive is None else min(fixed, adaptive)
+
     def _deadline(self, messages: list[Message], now: float) -> float:
         deadlines = []
         with self._lock:  # Flower's server calls from a pool of threads
             for message in messages:
-                group = (message.metadata.group_id, message.metadata.message_type)
-                started = self._group_started.setdefault(group, now) if group[0] else now
+                key = (message.metadata.group_id, message.metadata.message_type)
+                started = self._groups.setdefault(key, _Group(now)).started if key[0] else now
                 deadlines.append(started + message.metadata.ttl)
-            while len(self._group_started) > MAX_GROUPS_KEPT:
-                self._group_started.pop(next(iter(self._group_started)))
+            while len(self._groups) > MAX_GROUPS_KEPT:
+                self._groups.pop(next(iter(self._groups)))
         return min(deadlines, default=now)
 
     def __getattr__(self, name: str) -> Any:

@@ -31,7 +31,9 @@ from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
 from gcfl.strategy.record import RoundRecord
 
 # Keys a resumed run may change; any other difference means a different experiment.
-RESUMABLE_CHANGES = frozenset({"num-server-rounds", "resume", "probe-timeout", "round-timeout"})
+RESUMABLE_CHANGES = frozenset(
+    {"num-server-rounds", "resume", "probe-timeout", "round-timeout", "round-deadline-factor"}
+)
 
 
 def check_resumable(config: GcflConfig, saved: dict[str, Any]) -> None:
@@ -124,4 +126,6 @@ def main(grid: Grid, context: Context) -> None:
     # client actors from this process, before or after such a change, so a
     # fresh run and its resume would get different kernels.
     components = server_fn(context)
-    start_grid(grid=PromptGrid(grid), strategy=components.strategy, config=components.config)
+    factor = parse_run_config(context.run_config).round_deadline_factor
+    prompt = PromptGrid(grid, deadline_factor=factor)
+    start_grid(grid=prompt, strategy=components.strategy, config=components.config)

@@ -42,6 +42,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.client.client_app import client_fn
+from gcfl.client.deadline import CallAbandoned
 from gcfl.config import default_run_config, parse_run_config
 from gcfl.model import make_training_reproducible
 from gcfl.server.grid import NoReplyError
@@ -52,10 +53,13 @@ from gcfl.server.server_app import server_fn
 class InProcessNode(ClientProxy):
     """A SuperNode stand-in: builds its ClientApp's client per message, as Flower does."""
 
-    def __init__(self, node_id: int, context: Context) -> None:
+    def __init__(
+        self, node_id: int, context: Context, make_client: Callable[[Context], Client] = client_fn
+    ) -> None:
         super().__init__(str(node_id))
         self.node_id = node_id
         self.context = context
+        self.make_client = make_client
 
     def _ask(self, question: Callable[[Client], Any], timeout: float | None) -> Any:
         """One message's reply, or :class:`NoReplyError` as gcfl's Grid would raise it.
@@ -66,7 +70,9 @@ class InProcessNode(ClientProxy):
         """
         started = time.monotonic()
         try:
-            reply = question(client_fn(self.context))
+            reply = question(self.make_client(self.context))
+        except CallAbandoned as error:
+            raise NoReplyError(self.node_id, "timed-out", str(error)) from None
         except Exception as error:
             raise NoReplyError(self.node_id, "failed", f"{type(error).__name__}: {error}") from None
         elapsed = time.monotonic() - started
@@ -77,12 +83,12 @@ class InProcessNode(ClientProxy):
     def get_properties(
         self, ins: GetPropertiesIns, timeout: float | None, group_id: int | None
     ) -> GetPropertiesRes:
-        return client_fn(self.context).get_properties(ins)
+        return self.make_client(self.context).get_properties(ins)
 
     def get_parameters(
         self, ins: GetParametersIns, timeout: float | None, group_id: int | None
     ) -> GetParametersRes:
-        return client_fn(self.context).get_parameters(ins)
+        return self.make_client(self.context).get_parameters(ins)
 
     def fit(self, ins: FitIns, timeout: float | None, group_id: int | None) -> FitRes:
         return self._ask(lambda client: client.fit(ins), timeout)
@@ -103,13 +109,15 @@ def run_in_process(
     num_clients: int,
     run_id: int = 1,
     on_round: Callable[[dict[str, Any]], None] | None = None,
+    make_client: Callable[[Context], Client] = client_fn,
 ) -> dict[str, Any]:
     """Run one federation of ``num_clients`` nodes here; return its results.json payload.
 
     ``run_config`` holds overrides of the defaults and must set an absolute
     ``out-dir``, where results.json and the checkpoint are written as by
     ``gcfl run``. ``on_round`` gets each finished round's progress event
-    (:mod:`gcfl.simulation.progress`).
+    (:mod:`gcfl.simulation.progress`). ``make_client`` builds a node's client
+    from its context, as a ClientApp's ``client_fn`` does (the hostile suite's).
     """
     config = parse_run_config(run_config)
     if not config.out_dir:
@@ -127,7 +135,7 @@ def run_in_process(
     for partition in range(num_clients):
         node_config = {"partition-id": partition, "num-partitions": num_clients}
         context = Context(run_id, partition + 1, node_config, RecordDict(), full_config)
-        manager.register(InProcessNode(partition + 1, context))
+        manager.register(InProcessNode(partition + 1, context, make_client))
     server = Server(client_manager=manager, strategy=components.strategy)
     # One Keras model per process, shared by every client: fits must not overlap.
     server.set_max_workers(1)

@@ -9,11 +9,14 @@ and stops every process it started, also on failure or Ctrl-C.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import queue
 import re
 import shutil
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -139,12 +142,16 @@ def simulate(
                 "--federation-config",
                 f"num-supernodes={num_supernodes} client-resources-num-cpus={client_cpus}",
             )
-            run_id = stream_flwr_run(command, link.env, log_file, on_line)
+            outcome = stream_flwr_run(command, link.env, log_file, on_line)
+            run_id = outcome.run_id
             status = run_status(link.env, CONNECTION_NAME, run_id)
         seconds = time.perf_counter() - started
     finally:
         if own_work_dir:
             shutil.rmtree(work, ignore_errors=True)
+    complete = _all_rounds_recorded(out_dir, config.num_server_rounds)
+    if outcome.stopped and complete:
+        status = "finished:completed"  # the ServerApp finished; gcfl stopped what held the run
     if not status.startswith("finished:completed"):
         raise SimulationError(
             f"run {run_id} ended as {status!r}; see {log_file}" + last_error(log_file)
@@ -154,10 +161,34 @@ def simulate(
     return SimulationResult(run_id, config, out_dir, read_results(out_dir), log_file, seconds)
 
 
+def _all_rounds_recorded(out_dir: Path, rounds: int) -> bool:
+    """Whether the run's results.json holds its last round."""
+    try:
+        recorded = read_results(out_dir)["rounds"]
+    except (OSError, ValueError, KeyError):
+        return False
+    return bool(recorded) and recorded[-1]["round"] >= rounds
+
+
 def flwr_run_command(app: Path, connection: str, overrides: Path, *extra: str) -> list[str]:
     """``flwr run APP CONNECTION --stream --run-config OVERRIDES [extra...]``."""
     command = [flower_command("flwr"), "run", str(app), connection, "--stream"]
     return [*command, "--run-config", str(overrides), *extra]
+
+
+# Flower's server loop prints this once the ServerApp's last round is done.
+SERVER_FINISHED = "Run finished"
+# How long a run may go on after its ServerApp finished before it is stopped: a client
+# that still holds the simulation (a call that never returns) must not hold the run.
+FINISH_GRACE_S = 30.0
+
+
+@dataclass
+class StreamOutcome:
+    """What ``flwr run --stream`` showed: the run id, and whether gcfl had to stop the run."""
+
+    run_id: int
+    stopped: bool = False
 
 
 def stream_flwr_run(
@@ -165,9 +196,19 @@ def stream_flwr_run(
     env: dict[str, str],
     log_file: Path,
     on_line: Callable[[str], None] | None,
-) -> int:
-    """Run ``flwr run ... --stream``: every line to ``log_file`` and ``on_line``; the run id."""
+    connection: str = CONNECTION_NAME,
+    finish_grace_s: float = FINISH_GRACE_S,
+) -> StreamOutcome:
+    """Run ``flwr run ... --stream``: every line to ``log_file`` and ``on_line``.
+
+    Once the ServerApp has finished, the run has ``finish_grace_s`` to end;
+    one that is still held (a simulated client whose call never returns)
+    is stopped with ``flwr stop``, and the outcome says so.
+    """
     run_id = None
+    lines: queue.Queue[str | None] = queue.Queue()
+    finished_at: float | None = None
+    stopped = False
     with (
         open(log_file, "a", encoding="utf-8") as log,
         subprocess.Popen(
@@ -181,14 +222,46 @@ def stream_flwr_run(
         ) as process,
     ):
         assert process.stdout is not None
+        stream = process.stdout
+
+        def read() -> None:
+            for text in stream:
+                lines.put(text)
+            lines.put(None)
+
+        reader = threading.Thread(target=read, name="gcfl-flwr-stream", daemon=True)
+        reader.start()
         try:
-            for line in process.stdout:
-                log.write(line)
-                match = _RUN_ID.search(line)
-                if match and run_id is None:
-                    run_id = int(match.group(1))
-                if on_line is not None:
-                    on_line(line.rstrip("\n"))
+            while True:
+                try:
+                    line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    line = ""
+                if line is None:
+                    break
+                if line:
+                    log.write(line)
+                    match = _RUN_ID.search(line)
+                    if match and run_id is None:
+                        run_id = int(match.group(1))
+                    if SERVER_FINISHED in line and finished_at is None:
+                        finished_at = time.monotonic()
+                    if on_line is not None:
+                        on_line(line.rstrip("\n"))
+                overdue = (
+                    finished_at is not None and time.monotonic() - finished_at > finish_grace_s
+                )
+                if overdue and run_id is not None and not stopped:
+                    stopped = True
+                    message = (
+                        f"gcfl: the ServerApp finished {finish_grace_s:g} s ago but run {run_id} "
+                        "is still held (a client call that never returned); stopping it\n"
+                    )
+                    log.write(message)
+                    if on_line is not None:
+                        on_line(message.rstrip("\n"))
+                    stop_run(env, connection, run_id)
+                    process.terminate()
         except BaseException:
             process.kill()
             raise
@@ -196,7 +269,20 @@ def stream_flwr_run(
         raise SimulationError(
             f"flwr run did not start a run; see {log_file}" + last_error(log_file)
         )
-    return run_id
+    return StreamOutcome(run_id, stopped)
+
+
+def stop_run(env: dict[str, str], connection: str, run_id: int) -> None:
+    """``flwr stop RUN_ID CONNECTION``, within a minute; its failure is not fatal."""
+    with contextlib.suppress(subprocess.TimeoutExpired, OSError):
+        subprocess.run(
+            [flower_command("flwr"), "stop", str(run_id), connection],
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=60,
+            check=False,
+        )
 
 
 def run_status(env: dict[str, str], connection: str, run_id: int) -> str:

@@ -141,3 +141,134 @@ def weighted_average(updates: Sequence[tuple[Sequence[np.ndarray], int]]) -> Wei
         for acc, array in zip(sums, weights, strict=True):
             acc += array.astype(np.float64) * count
     return [(acc / total).astype(ref.dtype) for acc, ref in zip(sums, first, strict=True)]
+
+
+def _stacked(updates: Sequence[Sequence[np.ndarray]], index: int) -> np.ndarray:
+    return np.stack([np.asarray(update[index], dtype=np.float64) for update in updates])
+
+
+def trim_count(count: int, trim: float) -> int:
+    """How many values a trimmed mean drops at each end: ``int(trim * count)``, as Flower's."""
+    return int(trim * count)
+
+
+def robust_average(
+    updates: Sequence[Sequence[np.ndarray]], rule: str, trim: float = 0.0
+) -> tuple[Weights, list[float]]:
+    """The coordinate-wise ``"median"`` or ``"trimmed-mean"`` of ``updates``, and per update
+    the share of its coordinates that the rule left out.
+
+    Unweighted by examples, as Flower's ``aggregate_median`` and
+    ``aggregate_trimmed_avg`` (whose results these equal): a weight would let
+    one client claim a larger say. The trimmed mean drops
+    :func:`trim_count` values at each end of every coordinate; the median of
+    an even count averages the middle two. A share near 1 marks an update
+    that is an outlier almost everywhere (a sign flip, noise).
+    """
+    count = len(updates)
+    if count == 0:
+        raise ValueError("no updates to average")
+    if rule == "median":
+        cut = (count - 1) // 2
+    elif rule == "trimmed-mean":
+        if not 0.0 <= trim < 0.5:
+            raise ValueError(f"trim must be in [0, 0.5), got {trim}")
+        cut = trim_count(count, trim)
+    else:
+        raise ValueError(f"unknown robust rule {rule!r}")
+    result: Weights = []
+    dropped = np.zeros(count, dtype=np.int64)
+    total = 0
+    for index, reference in enumerate(updates[0]):
+        values = _stacked(updates, index).reshape(count, -1)
+        if cut:
+            ranks = np.argsort(np.argsort(values, axis=0, kind="stable"), axis=0, kind="stable")
+            outside = (ranks < cut) | (ranks >= count - cut)
+            dropped += outside.sum(axis=1)
+        total += values.shape[1]
+        if rule == "median":
+            merged = np.median(values, axis=0)
+        else:
+            ordered = np.sort(values, axis=0)
+            merged = ordered[cut : count - cut].mean(axis=0)
+        result.append(merged.reshape(np.shape(reference)).astype(np.asarray(reference).dtype))
+    shares = (dropped / total).tolist() if total else [0.0] * count
+    return result, [float(s) for s in shares]
+
+
+def krum_selection(updates: Sequence[Sequence[np.ndarray]], byzantine: int, keep: int) -> list[int]:
+    """Multi-Krum: the positions of the ``keep`` updates with the smallest Krum scores.
+
+    An update's score is the sum of its squared distances to its ``n - f - 2``
+    nearest others (at least 1), ``f`` = ``byzantine``: as Flower's
+    ``aggregate_krum`` ranks them. Returned ascending.
+    """
+    count = len(updates)
+    flat = np.stack(
+        [np.concatenate([np.asarray(a, dtype=np.float64).ravel() for a in u]) for u in updates]
+    )
+    squared = np.sum(flat * flat, axis=1)
+    distances = np.maximum(squared[:, None] + squared[None, :] - 2.0 * flat @ flat.T, 0.0)
+    nearest = max(1, count - byzantine - 2)
+    scores = [float(np.sort(row)[1 : nearest + 1].sum()) for row in distances]
+    order = sorted(range(count), key=lambda i: (scores[i], i))
+    return sorted(order[: max(1, min(keep, count))])
+
+
+def agreement(
+    updates: Sequence[Sequence[np.ndarray]], reference: Sequence[np.ndarray]
+) -> list[float]:
+    """Each update's agreement with the others: per array, the cosine of its move with the
+    mean direction of the other updates' moves, averaged over the arrays.
+
+    A move is ``update - reference`` (the global model), taken per array as a
+    unit vector so that a long move counts no more than a short one, and
+    every array (a convolution's kernel, the classifier's bias) has one say:
+    an update trained towards another task (labels flipped) differs most in
+    the few weights of the classifier, which a cosine over all weights would
+    drown. Leaving the update itself out matters: in many dimensions any
+    vector agrees with a mean it is part of. A sign flip of an honest move
+    then scores below 0, random noise near 0, honest moves of one task above
+    0, as long as the honest are the majority. An array that did not move
+    scores 0.
+    """
+    count = len(updates)
+    totals = np.zeros(count, dtype=np.float64)
+    arrays = len(reference)
+    for index in range(arrays):
+        base = np.asarray(reference[index], np.float64).ravel()
+        units = []
+        for update in updates:
+            move = np.asarray(update[index], np.float64).ravel() - base
+            norm = float(np.linalg.norm(move))
+            units.append(move / norm if norm > 0 else move)
+        total = np.sum(units, axis=0)
+        for position, unit in enumerate(units):
+            others = total - unit
+            norm = float(np.linalg.norm(others))
+            if norm > 0 and unit.any():
+                totals[position] += float(unit @ others) / norm
+    return (totals / max(arrays, 1)).tolist()
+
+
+def agreeing(cosines: Sequence[float], share: float) -> list[int]:
+    """Positions of the updates to keep: those that agree with the others about as well as
+    the round's typical update does.
+
+    An update is kept when its cosine (:func:`agreement`) is positive and at
+    least ``share`` times the round's median cosine: a sign flip (negative)
+    and noise (near 0) fall out, and so does an update trained towards
+    another task (labels flipped), which agrees a little where honest ones
+    agree a lot. Relative, so that on skewed data, where every honest update
+    agrees less, the honest still pass. Never fewer than ``n // 2 + 1``: when
+    more fall out, the most agreeing are kept, so no minority can make the
+    round drop the majority. Returned ascending.
+    """
+    count = len(cosines)
+    threshold = max(0.0, share * float(np.median(cosines))) if count else 0.0
+    keep = {i for i, c in enumerate(cosines) if c > 0 and c >= threshold}
+    for i in sorted(range(count), key=lambda i: (-cosines[i], i)):
+        if len(keep) >= count // 2 + 1:
+            break
+        keep.add(i)
+    return sorted(keep)

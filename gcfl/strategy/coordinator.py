@@ -21,9 +21,13 @@ import numpy as np
 from gcfl.config import GcflConfig
 from gcfl.protocol import EvaluateInstruction, FitInstruction
 from gcfl.strategy.aggregation import (
+    agreeing,
+    agreement,
     best_share,
     clip_factors,
     improved_enough,
+    krum_selection,
+    robust_average,
     shortened,
     weighted_average,
 )
@@ -54,10 +58,12 @@ from gcfl.strategy.population import (
     states_to_dict,
 )
 from gcfl.strategy.record import ClientRecord, GroupRecord, RoundRecord
-from gcfl.strategy.rollback import mean_finite, rollback_needed
+from gcfl.strategy.rollback import mean_finite, median_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
 Weights = list[np.ndarray]
+# aggregate=guarded: the kept updates are shortened to this many times their median move.
+GUARD_CLIP = 2.0
 
 
 @dataclass(frozen=True)
@@ -183,7 +189,10 @@ class Coordinator:
         record.clients = [
             ClientRecord.of(cid, self._instructions[cid], v) for cid, v in verdicts.items()
         ]
-        record.global_val_loss = mean_finite(
+        # The mean, or under a robust aggregate the median: a minority must not steer it.
+        robust = self.config.strategy == "gcfl" and self.config.aggregate != "mean"
+        summary = median_finite if robust else mean_finite
+        record.global_val_loss = summary(
             v.report.val_loss_before for v in verdicts.values() if v.report and v.report_believed
         )
         reports = {c: _report(v) for c, v in verdicts.items()}
@@ -223,11 +232,47 @@ class Coordinator:
                 (shortened(weights, self._global_weights, factor), count)
                 for (weights, count), factor in zip(updates, factors, strict=True)  # type: ignore[misc]
             ]
-        aggregate = weighted_average(updates)  # type: ignore[arg-type]
+        aggregate = self._robust(averaged, updates)  # type: ignore[arg-type]
         if self.pending is not None:
             self.pending.updates = dict(zip(averaged, updates, strict=True))  # type: ignore[arg-type]
             self.pending.aggregate = aggregate
         return aggregate
+
+    def _robust(self, client_ids: list[int], updates: list[tuple[Weights, int]]) -> Weights:
+        """The round's aggregate by ``aggregate``; what each rule left out goes in the record."""
+        rule = self.config.aggregate
+        if self.config.strategy != "gcfl" or rule in ("mean", "drop-harmful") or len(updates) < 3:
+            return weighted_average(updates)
+        assert self.round is not None
+        clients = {client.id: client for client in self.round.clients}
+        if rule == "guarded":
+            cosines = agreement([w for w, _ in updates], self._global_weights)
+            kept = agreeing(cosines, self.config.aggregate_agreement)
+            for position, cid in enumerate(client_ids):
+                clients[cid].agreement = round(cosines[position], 4)
+                clients[cid].left_out = position not in kept
+            kept_updates = [updates[i] for i in kept]
+            ratios = [_move_ratio(w, self._global_weights) for w, _ in kept_updates]
+            factors = clip_factors(ratios, GUARD_CLIP)
+            self.round.aggregated = len(kept)
+            return weighted_average(
+                [
+                    (shortened(w, self._global_weights, f), n)
+                    for (w, n), f in zip(kept_updates, factors, strict=True)
+                ]
+            )
+        if rule == "krum":
+            keep = len(updates) - self.config.aggregate_byzantine
+            kept = krum_selection([w for w, _ in updates], self.config.aggregate_byzantine, keep)
+            for position, cid in enumerate(client_ids):
+                if position not in kept:
+                    clients[cid].left_out = True
+            self.round.aggregated = len(kept)
+            return weighted_average([updates[i] for i in kept])
+        merged, shares = robust_average([w for w, _ in updates], rule, self.config.aggregate_trim)
+        for cid, share in zip(client_ids, shares, strict=True):
+            clients[cid].outlier_share = round(share, 4)
+        return merged
 
     def _note_policy(self, labels: Mapping[int, int]) -> None:
         """Copy the policy's clusters, migrations and scores into the round's client records."""
@@ -495,3 +540,13 @@ def _report(verdict: FitVerdict) -> Report:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
+
+
+def _move_ratio(update: Weights, reference: Weights) -> float:
+    """``||update - reference||``: one scale for every update of a round."""
+    return math.sqrt(
+        sum(
+            float(np.sum(np.square(np.asarray(u, np.float64) - np.asarray(r, np.float64))))
+            for u, r in zip(update, reference, strict=True)
+        )
+    )

@@ -44,8 +44,13 @@ class ClientRecord:
     migrated: bool = False
     refreshed: bool = False  # trained with an offspring of the latest best, not its stale pair
     score: float | None = None
-    # Accepted, but its group was left out of the aggregate by the federated fitness.
+    # Accepted, but left out of the aggregate: by aggregate=krum, or its group by
+    # aggregate=drop-harmful.
     left_out: bool = False
+    # aggregate=median or trimmed-mean: the share of its coordinates the rule dropped.
+    outlier_share: float | None = None
+    # aggregate=guarded: the cosine of its move with the other updates' mean direction.
+    agreement: float | None = None
 
     @classmethod
     def of(cls, client_id: int, instruction: FitInstruction, verdict: FitVerdict) -> ClientRecord:

@@ -19,6 +19,20 @@ def mean_finite(values: Iterable[float | None]) -> float | None:
     return sum(finite) / len(finite) if finite else None
 
 
+def median_finite(values: Iterable[float | None]) -> float | None:
+    """The median of the finite values, or None when there are none.
+
+    What a robust aggregate judges the rollback by: a minority of clients
+    that report honestly on data the model is not meant to fit (labels
+    flipped) cannot make a better model look worse.
+    """
+    finite = sorted(float(v) for v in values if v is not None and math.isfinite(v))
+    if not finite:
+        return None
+    middle = len(finite) // 2
+    return finite[middle] if len(finite) % 2 else (finite[middle - 1] + finite[middle]) / 2
+
+
 def rollback_needed(reference: float | None, current: float | None, tolerance: float) -> bool:
     """True when ``current`` (the new model's mean loss) exceeds ``reference`` by > tolerance.
 

@@ -21,7 +21,9 @@ from flwr.client import Client, ClientApp
 from flwr.common import Config, Context, NDArrays, Scalar
 
 from gcfl.client.client import GcflClient
+from gcfl.client.client_app import with_deadline
 from gcfl.config import GcflConfig, config_of
+from gcfl.data import ClientData, load_dataset
 from gcfl.protocol import (
     BATCH_SIZE,
     LOSS_FIELDS,
@@ -35,6 +37,7 @@ from gcfl.protocol import (
 ENV_VAR = "GCFL_HOSTILE"
 CLIENT_APP = "gcfl.testing.hostile:app"
 STALL_MARGIN_S = 5.0  # past the round's deadline, yet short: the actor is needed again
+HANG_S = 3600.0  # a client that hangs for good, as far as any run here is concerned
 
 FitReply = tuple[NDArrays, int, dict[str, Scalar]]
 
@@ -98,9 +101,55 @@ def _poisoned(value: float) -> Callable[[NDArrays], NDArrays]:
     return change
 
 
+# Well-formed poison: replies that pass every edge check, built to steer the model.
+# Each stays just inside max-update-norm (this share of it), the largest move the server accepts.
+POISON_NORM_SHARE = 0.9
+
+
+def _at_accepted_norm(
+    global_weights: NDArrays, direction: NDArrays, config: GcflConfig
+) -> NDArrays:
+    """``global + d``, with ``d`` along ``direction`` at 0.9 x the largest accepted move."""
+    scale = math.sqrt(sum(float(np.sum(np.square(g, dtype=np.float64))) for g in global_weights))
+    length = math.sqrt(sum(float(np.sum(np.square(d, dtype=np.float64))) for d in direction))
+    factor = POISON_NORM_SHARE * config.max_update_norm * scale / length if length > 0 else 0.0
+    return [
+        (g + factor * d).astype(g.dtype) for g, d in zip(global_weights, direction, strict=True)
+    ]
+
+
+def _sign_flip(
+    reply: FitReply, parameters: NDArrays, client: GcflClient, server_round: int
+) -> FitReply:
+    """The honest fit's move, reversed: the old model minus its update."""
+    if not reply[0]:
+        return reply
+    direction = [g - w for w, g in zip(reply[0], parameters, strict=True)]
+    return _at_accepted_norm(parameters, direction, client.config), reply[1], reply[2]
+
+
+def _noise(
+    reply: FitReply, parameters: NDArrays, client: GcflClient, server_round: int
+) -> FitReply:
+    """Random noise of the same length as the sign flip's, drawn anew each round."""
+    if not reply[0]:
+        return reply
+    rng = np.random.default_rng([client.config.seed, client.partition_id, server_round])
+    direction = [rng.normal(size=g.shape).astype(np.float32) for g in parameters]
+    return _at_accepted_norm(parameters, direction, client.config), reply[1], reply[2]
+
+
+POISON: dict[str, Callable[[FitReply, NDArrays, GcflClient, int], FitReply]] = {
+    "sign-flip": _sign_flip,
+    "noise": _noise,
+    "label-flip": lambda reply, *_: reply,  # the labels are permuted before training, see _data
+}
+
+
 CASES: dict[str, Callable[..., FitReply]] = {
     "raises": _raise,
     "stall": lambda reply, *_: reply,  # the sleep happens before the reply, see fit
+    "hang": lambda reply, *_: reply,  # the same, for an hour
     "missing-metrics": _missing_metrics,
     "garbage-metrics": _garbage_metrics,
     "nan-metrics": _nan_metrics,
@@ -113,6 +162,7 @@ CASES: dict[str, Callable[..., FitReply]] = {
     "wrong-shape-weights": _weights(lambda ws: [w.reshape(-1) for w in ws]),
     "zero-examples": _examples(0),
     "negative-examples": _examples(-5),
+    **{name: (lambda reply, *_: reply) for name in POISON},  # applied in fit, see HostileClient
 }
 
 
@@ -136,12 +186,30 @@ class HostileClient(GcflClient):
         super().__init__(partition_id, num_partitions, config)
         self.case = case
 
+    def _data(self) -> ClientData:
+        data = super()._data()
+        if self.case != "label-flip":
+            return data
+        # Trains and reports on labels shifted by one class: every metric it sends is
+        # honest about the data it holds, and its update teaches the model wrong labels.
+        cfg = self.config
+        classes = load_dataset(cfg.dataset, cfg.data_dir, cfg.seed).num_classes
+        return ClientData(
+            data.x_train, (data.y_train + 1) % classes, data.x_val, (data.y_val + 1) % classes
+        )
+
     def fit(self, parameters: NDArrays, config: Config) -> FitReply:
+        if self.case in POISON:
+            reply = super().fit(parameters, config)
+            server_round = FitInstruction.from_config(config).server_round
+            return POISON[self.case](reply, parameters, self, server_round)
         instruction = FitInstruction.from_config(config)
         if self.case == "raises":
             return _raise((parameters, 0, {}), instruction, self)
         if self.case == "stall":
             time.sleep(self.config.round_timeout + STALL_MARGIN_S)
+        if self.case == "hang":
+            time.sleep(HANG_S)
         reply = super().fit(parameters, config)
         return CASES[self.case](reply, instruction, self)
 
@@ -161,8 +229,11 @@ def client_fn(context: Context) -> Client:
     num_partitions = int(context.node_config[NUM_PARTITIONS])
     case = parse_hostile(os.environ.get(ENV_VAR, "")).get(partition_id)
     if case is None:
-        return GcflClient(partition_id, num_partitions, config).to_client()
-    return HostileClient(partition_id, num_partitions, config, case).to_client()
+        client = GcflClient(partition_id, num_partitions, config)
+    else:
+        client = HostileClient(partition_id, num_partitions, config, case)
+    # As gcfl's own ClientApp: a hung call must not hold the process for good.
+    return with_deadline(client.to_client(), config, partition_id)
 
 
 app = ClientApp(client_fn=client_fn)

@@ -1,0 +1,33 @@
+"""The ClientApp's own deadline: a call that never returns frees its process."""
+
+import threading
+
+import pytest
+
+from gcfl.client.deadline import CallAbandoned, CallTimes, call_with_deadline
+
+
+def test_a_call_that_returns_in_time_gives_its_result_or_its_error():
+    assert call_with_deadline(lambda: 42, 5.0, "fit") == 42
+    with pytest.raises(ZeroDivisionError):
+        call_with_deadline(lambda: 1 / 0, 5.0, "fit")
+
+
+def test_a_call_past_its_deadline_is_abandoned_and_named():
+    release = threading.Event()
+    with pytest.raises(CallAbandoned, match=r"fit of client 3 did not return within 0\.2 s"):
+        call_with_deadline(release.wait, 0.2, "fit of client 3")
+    release.set()  # the abandoned thread ends; nothing waits for it
+
+
+def test_the_limit_adapts_to_what_the_process_knows_of_its_calls():
+    times = CallTimes()
+    assert times.limit(20.0, 3.0) == pytest.approx(21.0)  # the round's timeout, and a second
+    assert times.limit(1800.0, 3.0) == pytest.approx(120.0)  # a first call: two minutes
+    times.record(2.0)
+    # A minute at least; then twice the server's multiple of the slowest call.
+    assert times.limit(1800.0, 3.0) == pytest.approx(60.0)
+    times.record(30.0)
+    assert times.limit(1800.0, 3.0) == pytest.approx(180.0)
+    assert times.limit(100.0, 3.0) == pytest.approx(101.0)  # never past the round's timeout
+    assert times.limit(1800.0, 0.0) == pytest.approx(1801.0)  # factor 0: fixed deadline only
