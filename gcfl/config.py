@@ -579,7 +579,11 @@ def config_keys() -> tuple[str, ...]:
 
 def default_run_config() -> dict[str, bool | int | float | str]:
     """The default value of every run-config key, as declared (``-1`` for auto)."""
-    return {f.metadata["key"]: f.default for f in dataclasses.fields(GcflConfig)}
+    defaults: dict[str, bool | int | float | str] = {}
+    for f in dataclasses.fields(GcflConfig):
+        assert isinstance(f.default, (bool, int, float, str)), f.name  # every field has one
+        defaults[f.metadata["key"]] = f.default
+    return defaults
 
 
 def _coerce(key: str, expected: type, value: Any) -> Any:
@@ -677,12 +681,13 @@ def parse_assignment(text: str) -> tuple[str, Any]:
     kind = GcflConfig.__annotations__[fields[key].name]
     raw = raw.strip("'\"") if kind == "str" else raw
     try:
-        value: Any = {
+        converters: dict[str, Callable[[str], Any]] = {
             "int": int,
             "float": float,
             "str": str,
             "bool": lambda s: {"true": True, "false": False}[s.lower()],
-        }[kind](raw)
+        }
+        value: Any = converters[kind](raw)
     except (ValueError, KeyError):
         raise ConfigError(f"{key}: {raw!r} is not a valid {kind}") from None
     return key, value

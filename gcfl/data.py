@@ -138,7 +138,8 @@ def load_npz_dataset(path: str | Path, name: str | None = None) -> Dataset:
         raise
     except Exception as error:  # zipfile, pickle and format errors all mean "corrupt"
         raise DatasetError(f"{path}: not a readable .npz file ({error})") from error
-    return _assemble(name or path.stem, *arrays, source=str(path))
+    x_train, y_train, x_test, y_test = arrays
+    return _assemble(name or path.stem, x_train, y_train, x_test, y_test, source=str(path))
 
 
 def _keras_cache_dir() -> Path:

@@ -164,6 +164,7 @@ def test_compare_tiny_run_on_any_npz(tmp_path, no_leftover_processes):
     assert "oneDNN" not in terminal and "INFO" not in terminal  # TF and Flower noise in logs
     assert "Test accuracy per round" in run.stdout and str(out_dir / "summary.md") in run.stdout
     assert "client fits" in run.stdout and "oracle" in run.stdout
+    assert "…" not in run.stdout  # piped (80 columns), names fold instead of being cut
 
     report = json.loads((out_dir / "results.json").read_text())
     names = ["gcfl", "fedavg", "fedavg@0.001", "fedavg@0.01", "centralized"]

@@ -95,13 +95,14 @@ CALL_TIMES = CallTimes()
 
 def call_with_deadline(call: Callable[[], Result], seconds: float, what: str) -> Result:
     """``call()``'s result or exception, or :class:`CallAbandoned` after ``seconds``."""
-    outcome: dict[str, object] = {}
+    results: list[Result] = []
+    errors: list[BaseException] = []
 
     def run() -> None:
         try:
-            outcome["value"] = call()
+            results.append(call())
         except BaseException as error:  # re-raised in the caller's thread
-            outcome["error"] = error
+            errors.append(error)
 
     thread = threading.Thread(target=run, name=f"gcfl-{what}", daemon=True)
     started = time.monotonic()
@@ -114,9 +115,9 @@ def call_with_deadline(call: Callable[[], Result], seconds: float, what: str) ->
             "serve other clients"
         )
     CALL_TIMES.record(time.monotonic() - started)
-    if "error" in outcome:
-        raise outcome["error"]  # type: ignore[misc]
-    return outcome["value"]  # type: ignore[return-value]
+    if errors:
+        raise errors[0]
+    return results[0]
 
 
 class DeadlineClient(Client):

@@ -78,6 +78,12 @@ class CompiledSteps:
             v for v in model.non_trainable_variables if v.name == "seed_generator_state"
         ]
 
+    def _live_model(self) -> keras.Model:
+        model = self._model()
+        if model is None:
+            raise RuntimeError("the model of these compiled steps is gone (dropped from the cache)")
+        return model
+
     def _specs(self, x: np.ndarray) -> list[tf.TensorSpec]:
         return [
             tf.TensorSpec((None, *x.shape[1:]), tf.float32),
@@ -87,7 +93,7 @@ class CompiledSteps:
     def train(self, x: np.ndarray, y: np.ndarray, order: np.ndarray, batch_size: int) -> np.ndarray:
         """Adam steps from zeroed moments, one row of ``order`` per epoch; each step's loss."""
         if self._train is None:
-            model = self._model()
+            model = self._live_model()
             if not model.optimizer.built:
                 # Creating the moments inside the trace would tie them to it.
                 model.optimizer.build(model.trainable_variables)
@@ -136,7 +142,7 @@ class CompiledSteps:
 
     def _train_loop(self, x: tf.Tensor, y: tf.Tensor, order: tf.Tensor, batch_size: tf.Tensor):
         self.train_traces += 1
-        model = self._model()
+        model = self._live_model()
         variables = model.trainable_variables
         # Zeroing in the graph is one op; eagerly it is one call per moment (13 ms on the seed
         # CNN). Automatic control dependencies run these before the loop, which reads them.
@@ -168,7 +174,7 @@ class CompiledSteps:
         return losses.stack()
 
     def _evaluate_loop(self, x: tf.Tensor, y: tf.Tensor):
-        model = self._model()
+        model = self._live_model()
         num_samples = tf.shape(x)[0]
 
         def chunk(start: tf.Tensor, loss_sum: tf.Tensor, correct: tf.Tensor):

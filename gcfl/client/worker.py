@@ -516,7 +516,8 @@ def handle(
             )
         method = header.get("method")
         if method == "ping":
-            reply, weights = {"ok": True, "pid": os.getpid()}, []
+            no_weights: list[np.ndarray] = []
+            reply, weights = {"ok": True, "pid": os.getpid()}, no_weights
         elif method == "fit":
             reply, weights = _fit_when_free(header, arrays, received_at, policy)
         else:

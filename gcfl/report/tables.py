@@ -149,9 +149,10 @@ def cost_cell(strategy: str, runs: Sequence[Run]) -> str:
     fits = [client_fits(run) for run in mine]
     if not mine:
         return ""
-    if any(value is None for value in fits):
+    counted = [value for value in fits if value is not None]
+    if len(counted) < len(fits):
         return f"- ({len(mine[0]['rounds'])} epochs)"
-    mean = float(np.mean(fits))
+    mean = float(np.mean(counted))
     text = f"{mean:.0f}" if mean.is_integer() else f"{mean:.1f}"
     oracle = mine[0].get("oracle")
     if oracle is not None:
@@ -164,9 +165,10 @@ def evaluations_cell(strategy: str, runs: Sequence[Run]) -> str:
     values = [client_evaluations(run) for run in runs if run["strategy"] == strategy]
     if not values:
         return ""
-    if any(value is None for value in values):
+    counted = [value for value in values if value is not None]
+    if len(counted) < len(values):
         return "-"
-    mean = float(np.mean(values))
+    mean = float(np.mean(counted))
     return f"{mean:.0f}" if mean.is_integer() else f"{mean:.1f}"
 
 

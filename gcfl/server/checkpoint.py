@@ -35,7 +35,8 @@ def save_checkpoint(
 ) -> None:
     """Atomically write ``weights``, the JSON-ready ``state`` and, if any, the rollback target."""
     path.parent.mkdir(parents=True, exist_ok=True)
-    arrays = {f"weight_{index:04d}": array for index, array in enumerate(weights)}
+    # Any: numpy's stubs would match a ndarray value against savez's allow_pickle flag.
+    arrays: dict[str, Any] = {f"weight_{index:04d}": a for index, a in enumerate(weights)}
     for index, array in enumerate(previous_weights or []):
         arrays[f"previous_{index:04d}"] = array
     encoded = json.dumps(state, allow_nan=True).encode("utf-8")

@@ -133,11 +133,16 @@ def run_in_process(
     )
     manager = SimpleClientManager()
     for partition in range(num_clients):
-        node_config = {"partition-id": partition, "num-partitions": num_clients}
+        node_config: dict[str, bool | float | int | str] = {
+            "partition-id": partition,
+            "num-partitions": num_clients,
+        }
         context = Context(run_id, partition + 1, node_config, RecordDict(), full_config)
         manager.register(InProcessNode(partition + 1, context, make_client))
     server = Server(client_manager=manager, strategy=components.strategy)
     # One Keras model per process, shared by every client: fits must not overlap.
     server.set_max_workers(1)
-    server.fit(components.config.num_rounds, timeout=components.config.round_timeout)
+    rounds = components.config
+    assert rounds is not None, "server_fn always gives a ServerConfig"
+    server.fit(rounds.num_rounds, timeout=rounds.round_timeout)
     return json.loads((Path(config.out_dir) / RESULTS_FILE).read_text())

@@ -129,7 +129,7 @@ def simulate(
     log_file = out_dir / LOG_FILE
     own_work_dir = work_dir is None
     # Ray's socket paths must stay short (about 100 characters): keep this under /tmp.
-    work = Path(tempfile.mkdtemp(prefix="gcfl-")) if own_work_dir else Path(work_dir)
+    work = Path(tempfile.mkdtemp(prefix="gcfl-")) if work_dir is None else Path(work_dir)
     try:
         overrides = work / "run-config.toml"
         write_run_config_toml(overrides, dict(run_config))

@@ -89,10 +89,14 @@ def improved_enough(scores: Sequence[float | None], floor: float, minimum: int) 
 
 def _ranked(scores: Sequence[float | None]) -> list[int]:
     """Positions from the best score to the worst; unscored last, ties in order."""
-    return sorted(
-        range(len(scores)),
-        key=lambda i: (scores[i] is None or not np.isfinite(scores[i]), scores[i] or 0.0, i),
-    )
+
+    def key(i: int) -> tuple[bool, float, int]:
+        score = scores[i]
+        if score is None or not np.isfinite(score):
+            return True, 0.0, i
+        return False, score, i
+
+    return sorted(range(len(scores)), key=key)
 
 
 def clip_factors(ratios: Sequence[float | None], clip: float) -> list[float]:

@@ -146,7 +146,7 @@ def candidates_for(
     like = next(iter(updates.values()))[0]
     sums, counts = _group_sums(updates, groups)
     total_count = sum(counts.values())
-    totals = [sum(parts) for parts in zip(*sums.values(), strict=True)]
+    totals = [np.sum(np.stack(parts), axis=0) for parts in zip(*sums.values(), strict=True)]
     shares = {label: count / total_count for label, count in counts.items()}
     if kind == "leave-out":
         per_group = {

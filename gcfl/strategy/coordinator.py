@@ -51,6 +51,7 @@ from gcfl.strategy.judge import (
     weighted_evaluation,
 )
 from gcfl.strategy.population import (
+    ClientState,
     HyperparameterPolicy,
     Report,
     make_policy,
@@ -223,18 +224,18 @@ class Coordinator:
         record.aggregated = len(averaged)
         self.previous_weights = self._global_weights
         self.previous_val_loss = record.global_val_loss
-        updates = [verdicts[cid].update for cid in averaged]
+        updates = [_accepted_update(verdicts[cid]) for cid in averaged]
         if self.config.strategy == "gcfl" and self.config.aggregate_clip > 0:
             factors = clip_factors(
                 [verdicts[cid].update_ratio for cid in averaged], self.config.aggregate_clip
             )
             updates = [
                 (shortened(weights, self._global_weights, factor), count)
-                for (weights, count), factor in zip(updates, factors, strict=True)  # type: ignore[misc]
+                for (weights, count), factor in zip(updates, factors, strict=True)
             ]
-        aggregate = self._robust(averaged, updates)  # type: ignore[arg-type]
+        aggregate = self._robust(averaged, updates)
         if self.pending is not None:
-            self.pending.updates = dict(zip(averaged, updates, strict=True))  # type: ignore[arg-type]
+            self.pending.updates = dict(zip(averaged, updates, strict=True))
             self.pending.aggregate = aggregate
         return aggregate
 
@@ -342,10 +343,9 @@ class Coordinator:
             self.config.lr_min, self.config.lr_max, self.config.batch_min, self.config.batch_max
         )
         ids = sorted(accepted)
+        pairs = [_trained_pair(states[c]) for c in ids]
         rows = hyperparameter_features(
-            [states[c].trained_lr or states[c].lr for c in ids],  # type: ignore[misc]
-            [states[c].trained_batch_size or states[c].batch_size for c in ids],  # type: ignore[misc]
-            space,
+            [lr for lr, _ in pairs], [batch for _, batch in pairs], space
         )
         groups = fitness_groups(accepted, dict(zip(ids, rows.tolist(), strict=True)))
         if len(groups) < 2:
@@ -523,18 +523,33 @@ class Coordinator:
             self.evaluation_rng.bit_generator.state = state["evaluation_rng"]
 
 
+def _trained_pair(state: ClientState) -> tuple[float, int]:
+    """The pair an accepted client trained with this round (recorded before any grouping)."""
+    lr = state.trained_lr if state.trained_lr is not None else state.lr
+    batch = state.trained_batch_size if state.trained_batch_size is not None else state.batch_size
+    assert lr is not None and batch is not None, "an accepted client has a pair"
+    return lr, batch
+
+
+def _accepted_update(verdict: FitVerdict) -> tuple[Weights, int]:
+    assert verdict.update is not None, "only accepted verdicts are averaged"
+    return verdict.update
+
+
 def _report(verdict: FitVerdict) -> Report:
     """What the policy learns from a verdict: the server's pair, and losses only if accepted."""
     pair, report = verdict.pair, verdict.report
-    believed = verdict.report_believed and report is not None
+    lr, batch_size = (pair.lr, pair.batch_size) if pair else (None, None)
+    if not verdict.report_believed or report is None:
+        return Report(lr, batch_size, None, verdict.outcome)
     return Report(
-        pair.lr if pair else None,
-        pair.batch_size if pair else None,
-        _finite(report.val_loss) if believed and verdict.outcome == "ok" else None,
-        verdict.outcome,  # type: ignore[arg-type]
-        loss_before=_finite(report.val_loss_before) if believed else None,
-        local_loss_before=_finite(report.local_loss_before) if believed else None,
-        local_loss_after=_finite(report.local_loss_after) if believed else None,
+        lr,
+        batch_size,
+        _finite(report.val_loss) if verdict.outcome == "ok" else None,
+        verdict.outcome,
+        loss_before=_finite(report.val_loss_before),
+        local_loss_before=_finite(report.local_loss_before),
+        local_loss_after=_finite(report.local_loss_after),
     )
 
 

@@ -26,7 +26,7 @@ def _scaled(values: np.ndarray, low: float, high: float) -> np.ndarray:
 
 
 def hyperparameter_features(
-    lrs: Sequence[float], batch_sizes: Sequence[int], space: SearchSpace
+    lrs: Sequence[float] | np.ndarray, batch_sizes: Sequence[int] | np.ndarray, space: SearchSpace
 ) -> np.ndarray:
     """Return an ``(n, 2)`` array: scaled log10(lr) and scaled log2(batch size).
 
@@ -43,7 +43,7 @@ def hyperparameter_features(
     ).reshape(len(lr), 2)
 
 
-def to_unit(lr: float, batch_size: float, space: SearchSpace) -> tuple[float, float]:
+def to_unit(lr: float, batch_size: int, space: SearchSpace) -> tuple[float, float]:
     """One pair as a point of the unit square (the clustering features of that pair)."""
     row = hyperparameter_features([lr], [batch_size], space)[0]
     return float(row[0]), float(row[1])

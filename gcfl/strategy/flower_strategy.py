@@ -139,8 +139,8 @@ class GeneticClusteredFedAvg(FedAvg):
         assert self.coordinator is not None
         replies: dict[int, FitReply | NoReply] = dict(self.federation.failures(failures))
         for cid, res in self.federation.replies(results).items():
-            weights = parameters_to_ndarrays(res.parameters)
-            replies[cid] = FitReply(res.metrics, res.num_examples, weights)
+            trained = parameters_to_ndarrays(res.parameters)
+            replies[cid] = FitReply(res.metrics, res.num_examples, trained)
         weights = self.coordinator.finish_fit(replies)
         record = self.coordinator.round
         assert record is not None
@@ -193,10 +193,10 @@ class GeneticClusteredFedAvg(FedAvg):
         if self.coordinator.pending is not None:
             self._settle_fitness(server_round, replies)
             record = self.coordinator.completed_record
-            loss, accuracy = (
-                (record.federated_loss, record.federated_accuracy) if record else (None, None)
-            )
-            return (loss, {"accuracy": accuracy}) if loss is not None else (None, {})
+            if record is None or record.federated_loss is None:
+                return None, {}
+            accuracy = record.federated_accuracy
+            return record.federated_loss, {} if accuracy is None else {"accuracy": accuracy}
         result = self.coordinator.finish_evaluation(replies)
         self._close_round()
         return (result[0], {"accuracy": result[1]}) if result else (None, {})
@@ -208,8 +208,7 @@ class GeneticClusteredFedAvg(FedAvg):
         if weights is not None:
             self._weights = weights
         result = super().evaluate(server_round, ndarrays_to_parameters(self._weights))
-        loss, metrics = result if result is not None else (None, {})
-        self._central = (loss, metrics.get("accuracy"))
+        self._central = _loss_and_accuracy(result)
         self._close_round()
 
     def evaluate(
@@ -220,8 +219,7 @@ class GeneticClusteredFedAvg(FedAvg):
             return None  # the model is final only once the candidates are judged
         result = super().evaluate(server_round, parameters)
         if server_round > 0 and self.coordinator and self.coordinator.round is not None:
-            loss, metrics = result if result is not None else (None, {})
-            self._central = (loss, metrics.get("accuracy"))
+            self._central = _loss_and_accuracy(result)
             if not self.config.fraction_evaluate:
                 self._close_round()
         return result
@@ -232,3 +230,13 @@ class GeneticClusteredFedAvg(FedAvg):
         self._central = (None, None)
         if self.on_round_end is not None:
             self.on_round_end(record, self._weights)
+
+
+def _loss_and_accuracy(
+    result: tuple[float, dict[str, Scalar]] | None,
+) -> tuple[float | None, float | None]:
+    """The server-side evaluation's loss and accuracy, None where it measured none."""
+    if result is None:
+        return None, None
+    accuracy = result[1].get("accuracy")
+    return result[0], float(accuracy) if isinstance(accuracy, (int, float)) else None

@@ -241,7 +241,8 @@ def _explore_by_rule(
     if mutation.scale != 0:
         units = hyperparameter_features(lr, batch_size, space)
         steps = rng.normal(0.0, mutation.scale, size=units.shape)
-        lr, batch_size = from_units(*_reflect(units + steps).T, space)
+        moved = _reflect(units + steps)
+        lr, batch_size = from_units(moved[:, 0], moved[:, 1], space)
     if fresh.any():
         lr, batch_size = lr.copy(), batch_size.copy()
         lr[fresh], batch_size[fresh] = random_pairs(space, int(fresh.sum()), rng)

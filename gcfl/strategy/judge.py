@@ -15,16 +15,16 @@ from __future__ import annotations
 import math
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any, Literal
+from typing import Any
 
 import numpy as np
 
+from gcfl.names import Outcome
 from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, ProtocolError
 from gcfl.strategy.aggregation import check_update
 from gcfl.strategy.candidates import loss_problem
 from gcfl.strategy.genetic import Hyperparameters
 
-Outcome = Literal["ok", "diverged", "refused", "failed", "timed-out"]
 # float32 rounding of an lr on the client's side (2^-24 relative), with room to spare.
 LR_TOLERANCE = 1e-6
 
@@ -203,10 +203,10 @@ def judge_candidates(
 
 def weighted_evaluation(verdicts: Sequence[EvaluateVerdict]) -> tuple[float, float] | None:
     """The example-weighted mean loss and accuracy of the accepted evaluations."""
-    accepted = [v for v in verdicts if v.report is not None]
-    total = sum(v.num_examples for v in accepted)
+    accepted = [(v.report, v.num_examples) for v in verdicts if v.report is not None]
+    total = sum(count for _, count in accepted)
     if not total:
         return None
-    loss = sum(v.report.loss * v.num_examples for v in accepted) / total  # type: ignore[union-attr]
-    accuracy = sum(v.report.accuracy * v.num_examples for v in accepted) / total  # type: ignore[union-attr]
+    loss = sum(report.loss * count for report, count in accepted) / total
+    accuracy = sum(report.accuracy * count for report, count in accepted) / total
     return loss, accuracy

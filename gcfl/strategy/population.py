@@ -10,12 +10,13 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass
-from typing import TYPE_CHECKING, Any, Literal, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 import numpy as np
 
 if TYPE_CHECKING:
     from gcfl.config import GcflConfig
+from gcfl.names import Outcome
 from gcfl.strategy.clustering import NOISE, cluster_labels
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
@@ -30,7 +31,7 @@ from gcfl.strategy.genetic import (
     random_pairs,
 )
 
-Status = Literal["ok", "diverged", "refused", "failed", "timed-out"]
+Status = Outcome  # the fit's outcome, as the judge named it
 # Clients whose pair the server knows after the round, and who therefore evolve;
 # a failed or timed-out client keeps its state and waits to be sampled again.
 TRAINED: frozenset[str] = frozenset({"ok", "diverged", "refused"})
@@ -397,17 +398,23 @@ class GeneticPopulation:
     def _labels(self, server_round: int, trained: list[int]) -> dict[int, int]:
         if not reclusters_in(server_round, self.settings.recluster_every):
             # Between reclusterings a client keeps its group; one never clustered is noise.
-            return {
-                cid: NOISE if self.states[cid].cluster is None else self.states[cid].cluster
-                for cid in trained
-            }
+            return {cid: _cluster_or_noise(self.states[cid]) for cid in trained}
+        # _settle gave every reported client a pair before this.
+        pairs = [_known_pair(self.states[cid]) for cid in trained]
         features = hyperparameter_features(
-            [self.states[cid].lr for cid in trained],
-            [self.states[cid].batch_size for cid in trained],
-            self.settings.space,
+            [lr for lr, _ in pairs], [batch for _, batch in pairs], self.settings.space
         )
         found = cluster_labels(features, self.settings.dbscan_eps, self.settings.dbscan_min_samples)
         return {cid: int(label) for cid, label in zip(trained, found, strict=True)}
+
+
+def _cluster_or_noise(state: ClientState) -> int:
+    return NOISE if state.cluster is None else state.cluster
+
+
+def _known_pair(state: ClientState) -> tuple[float, int]:
+    assert state.lr is not None and state.batch_size is not None, "a settled client has a pair"
+    return state.lr, state.batch_size
 
 
 def latest_best(states: Mapping[int, ClientState]) -> tuple[Cohort, int | None]:
