@@ -82,7 +82,9 @@ def run_job(job: tuple[str, str, int, str, int, dict[str, Any], str, int]) -> di
 
 def table(rows: list[dict[str, Any]], command: str) -> str:
     honest = {
-        (r["rule"], r["init"], r["seed"]): r["final_accuracy"] for r in rows if r["case"] == "honest"
+        (r["rule"], r["init"], r["seed"]): r["final_accuracy"]
+        for r in rows
+        if r["case"] == "honest"
     }
     lines = [
         "# Poisoning benchmark",
@@ -99,7 +101,9 @@ def table(rows: list[dict[str, Any]], command: str) -> str:
     ]
     for r in sorted(rows, key=lambda r: (r["rule"], r["init"], r["seed"], r["case"], r["hostile"])):
         base = honest.get((r["rule"], r["init"], r["seed"]))
-        delta = "" if base is None or r["case"] == "honest" else f"{r['final_accuracy'] - base:+.3f}"
+        delta = (
+            "" if base is None or r["case"] == "honest" else f"{r['final_accuracy'] - base:+.3f}"
+        )
         lines.append(
             f"| {r['rule']} | {r['init']} | {r['seed']} | {r['case']} | {r['hostile']} | "
             f"{r['final_accuracy']:.3f} | {delta} | {r['hostile_ok']}/{r['hostile_fits']} | "
@@ -138,7 +142,9 @@ def main(argv: Sequence[str] | None = None) -> int:
                     for count in (int(c) for c in args.hostile.split(",")):
                         jobs.append((rule, init, seed, case, count, extra, str(out), args.nodes))
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    command = "python benchmarks/poisoning.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python benchmarks/poisoning.py " + " ".join(
+        argv if argv is not None else sys.argv[1:]
+    )
     print(f"{len(jobs)} runs on {args.workers} worker(s); output in {out}", flush=True)
     rows: list[dict[str, Any]] = []
     started = time.perf_counter()

@@ -162,7 +162,10 @@ ABLATION["gcfl fitness=improvement"] = {"fitness": "improvement"}
 # Robust aggregation: what each rule costs an honest run (benchmarks/poisoning.py: what it resists).
 for _rule in ("guarded", "trimmed-mean", "median", "krum"):
     ABLATION[f"gcfl aggregate={_rule}"] = {"aggregate": _rule}
-ABLATION["gcfl aggregate=guarded agreement=0"] = {"aggregate": "guarded", "aggregate-agreement": 0.0}
+ABLATION["gcfl aggregate=guarded agreement=0"] = {
+    "aggregate": "guarded",
+    "aggregate-agreement": 0.0,
+}
 ABLATION["gcfl fitness=federated fitness-candidates=leave-out"] = {
     "fitness": "federated",
     "fitness-candidates": "leave-out",

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import psutil
 
-from gcfl.simulation.superlink import free_port, stop_process_tree
+from gcfl.processes import free_port, stop_process_tree
 
 
 def cluster_processes(temp_dir: str) -> list[int]:

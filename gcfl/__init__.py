@@ -2,8 +2,8 @@
 
 Clients tune their own learning rate and batch size while they train: every
 round the server clusters them by their hyperparameters (DBSCAN) and evolves
-each cluster with a genetic algorithm, using each client's local validation
-loss as its fitness.
+each cluster with a genetic algorithm, using each client's relative
+improvement of its own loss over its fit as its fitness.
 
 Python API::
 
@@ -16,7 +16,9 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING, Any
 
-__version__ = "0.1.0"
+from gcfl.names import VERSION
+
+__version__ = VERSION
 __all__ = ["__version__", "simulate"]
 
 if TYPE_CHECKING:

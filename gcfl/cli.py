@@ -16,7 +16,7 @@ from gcfl.client.worker import add_policy_arguments
 from gcfl.compare.plan import DEFAULT_STRATEGIES, ENGINES
 from gcfl.config import ConfigError, GcflConfig, config_keys, parse_assignment, parse_run_config
 from gcfl.data import DatasetError
-from gcfl.simulation.progress import parse_progress_line
+from gcfl.server.progress import parse_progress_line
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 
 DEFAULT_CLIENTS = 30

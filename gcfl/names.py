@@ -9,3 +9,4 @@ from typing import Literal
 # the round's deadline.
 Outcome = Literal["ok", "diverged", "refused", "failed", "timed-out"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "diverged", "refused", "failed", "timed-out")
+VERSION = "0.1.0"  # the package version, as pyproject.toml declares it

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import psutil
 
-from gcfl.simulation.superlink import free_port, stop_process_tree, tool_environment
+from gcfl.processes import free_port, stop_process_tree, tool_environment
 
 
 def managed_superlink_env(tmp_path: Path) -> dict[str, str]:

@@ -25,6 +25,7 @@ from gcfl.model import (
     make_training_reproducible,
     reset_optimizer,
 )
+from gcfl.processes import tool_environment
 from gcfl.protocol import (
     EvaluateInstruction,
     EvaluateReport,
@@ -34,7 +35,6 @@ from gcfl.protocol import (
     ProtocolError,
     evaluate_config,
 )
-from gcfl.simulation.superlink import tool_environment
 
 
 def test_seed_cnn_has_550570_parameters_on_cifar_shapes():

@@ -405,7 +405,7 @@ def test_compare_package_imports_nothing_from_the_cli():
 def test_progress_parsing_lives_in_the_simulation_package():
     import gcfl.cli
     import gcfl.compare.runner
-    from gcfl.simulation.progress import parse_progress_line
+    from gcfl.server.progress import parse_progress_line
 
     assert gcfl.cli.parse_progress_line is parse_progress_line
     assert gcfl.compare.runner.parse_progress_line is parse_progress_line

@@ -26,8 +26,8 @@ from gcfl.deploy.topology import (
     superlink_command,
     supernode_command,
 )
+from gcfl.processes import free_port, tool_environment
 from gcfl.server.results import read_results
-from gcfl.simulation.superlink import free_port, tool_environment
 from tests.flower_processes import gcfl_cli
 
 ROOT = Path(__file__).resolve().parents[1]

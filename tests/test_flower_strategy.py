@@ -18,7 +18,7 @@ from flwr.server.client_proxy import ClientProxy
 
 from gcfl.config import parse_run_config
 from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, NodeInfo
-from gcfl.server.grid import NoReplyError
+from gcfl.strategy.discovery import NoReplyError
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
 from gcfl.strategy.sampling import FederationSizeError, check_federation_size
 

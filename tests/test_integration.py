@@ -110,11 +110,12 @@ def test_too_few_supernodes_fail_the_run_with_the_reason(
     tmp_path, monkeypatch, no_leftover_processes
 ):
     """A run submitted with too few SuperNodes for the elite fails at start, saying why."""
-    from gcfl.simulation.launcher import SimulationError, simulate
+    from gcfl.processes import SimulationError
+    from gcfl.simulation.launcher import simulate
 
     out_dir = tmp_path / "small"
     # Bypass the launcher's own up-front check to exercise the ServerApp's.
-    monkeypatch.setattr("gcfl.simulation.launcher.check_federation_size", lambda *a: None)
+    monkeypatch.setattr("gcfl.server.results.check_federation_size", lambda *a: None)
     with pytest.raises(SimulationError, match="elite=2 keeps them all"):
         simulate({"num-server-rounds": 1, "out-dir": str(out_dir)}, num_supernodes=2)
     assert not (out_dir / "results.json").exists()

@@ -36,6 +36,7 @@ def _run(tmp_path, monkeypatch, init, hostile):
     config = {
         "num-server-rounds": ROUNDS,
         "init": init,
+        "aggregate": "guarded",
         "out-dir": str(tmp_path / f"{init}-{name}"),
     }
     return run_in_process(config, NODES, make_client=client_fn)

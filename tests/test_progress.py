@@ -5,7 +5,7 @@ import logging
 
 import pytest
 
-from gcfl.simulation.progress import (
+from gcfl.server.progress import (
     PROGRESS_PREFIX,
     parse_progress_line,
     progress_event,

@@ -44,7 +44,7 @@ from gcfl.deploy.topology import (
     superlink_command,
     supernode_command,
 )
-from gcfl.simulation.superlink import free_port, tool_environment
+from gcfl.processes import free_port, tool_environment
 
 ROOT = Path(__file__).resolve().parents[1]
 MULTI_HOST = "192.0.2.10"  # TEST-NET-1: an address for documentation

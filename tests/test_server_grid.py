@@ -7,7 +7,8 @@ from types import SimpleNamespace
 import pytest
 from flwr.common.constant import ErrorCode
 
-from gcfl.server.grid import NoReplyError, PromptGrid
+from gcfl.server.grid import PromptGrid
+from gcfl.strategy.discovery import NoReplyError
 
 
 class ScriptedGrid:

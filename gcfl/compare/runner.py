@@ -20,8 +20,8 @@ from typing import Any
 from gcfl.compare.plan import TUNED, ComparePlan
 from gcfl.config import GcflConfig, parse_run_config
 from gcfl.report.tables import oracle_info, with_oracle
+from gcfl.server.progress import parse_progress_line
 from gcfl.server.results import package_versions, write_json_atomic
-from gcfl.simulation.progress import parse_progress_line
 
 ProgressCallback = Callable[[str, int, int, int], None]  # run name, repeat, round, rounds
 
@@ -92,7 +92,7 @@ def _init_worker(messages: Any) -> None:
 
 def _run_in_worker(task: tuple[ComparePlan, str, int]) -> tuple[str, int, dict[str, Any]]:
     """One job in a fresh worker process; its output goes to a log in the run's folder."""
-    from gcfl.simulation.launcher import LOG_FILE
+    from gcfl.processes import LOG_FILE
 
     plan, name, repeat = task
     run_dir = Path(plan.config_for(name, repeat)["out-dir"])

@@ -28,8 +28,7 @@ from pathlib import Path
 
 from gcfl.deploy.compose import COMPOSE_NODES, IMAGE
 from gcfl.deploy.topology import CONNECTION_NAME, SUPERLINK_PORT
-from gcfl.simulation.launcher import run_status, stream_flwr_run
-from gcfl.simulation.superlink import flower_command, stop_process_tree
+from gcfl.processes import flower_command, run_status, stop_process_tree, stream_flwr_run
 
 REGISTRY_BASE_IMAGE = "docker.io/library/python:3.11-slim"
 LOCAL_BASE_IMAGE = "localhost/debian-py311:bookworm"

@@ -35,19 +35,21 @@ from gcfl.deploy.topology import (
     superlink_command,
     supernode_command,
 )
-from gcfl.server.results import read_results
-from gcfl.simulation.launcher import (
+from gcfl.processes import (
     LOG_FILE,
     SimulationError,
     app_directory,
+    flower_command,
     flwr_run_command,
+    free_port,
     last_error,
-    prepare_run,
     run_status,
+    stop_process_tree,
     stream_flwr_run,
+    tool_environment,
     write_run_config_toml,
 )
-from gcfl.simulation.superlink import flower_command, free_port, stop_process_tree, tool_environment
+from gcfl.server.results import prepare_run, read_results
 
 STARTUP_TIMEOUT_S = 60.0
 

@@ -22,7 +22,7 @@ from collections.abc import Sequence
 
 from gcfl.client.worker import WorkerPolicy, wait_for_worker
 from gcfl.deploy.topology import SUPERNODE_ENVIRONMENT
-from gcfl.simulation.superlink import stop_process_tree
+from gcfl.processes import stop_process_tree
 
 WORKER_START_TIMEOUT_S = 120.0
 

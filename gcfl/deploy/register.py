@@ -15,55 +15,13 @@ a registration fails.
 from __future__ import annotations
 
 import argparse
-import ssl
 import subprocess
 import sys
-import time
-import urllib.error
-import urllib.request
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
+
+from gcfl.processes import RegistrationError, wait_for_health
 
 ALREADY_REGISTERED = "already in use"
-
-
-class RegistrationError(RuntimeError):
-    """The SuperLink did not answer in time, or it refused a key."""
-
-
-def wait_for_health(
-    address: str,
-    ca_certificate: str | None,
-    wait_s: float,
-    *,
-    poll_s: float = 0.5,
-    while_waiting: Callable[[], None] | None = None,
-) -> float:
-    """Seconds until ``https://address/health`` (http without a CA) answered 200.
-
-    ``while_waiting`` runs before every attempt; it may raise to stop waiting
-    (``gcfl deploy`` checks that the SuperLink process it started is alive).
-    """
-    scheme = "http" if ca_certificate is None else "https"
-    context = None if ca_certificate is None else ssl.create_default_context(cafile=ca_certificate)
-    started = time.monotonic()
-    last_error = "no answer yet"
-    while time.monotonic() - started < wait_s:
-        if while_waiting is not None:
-            while_waiting()
-        try:
-            with urllib.request.urlopen(
-                f"{scheme}://{address}/health", timeout=2, context=context
-            ) as reply:
-                if reply.status == 200:
-                    return time.monotonic() - started
-                last_error = f"HTTP {reply.status}"
-        except (urllib.error.URLError, OSError) as error:
-            last_error = str(getattr(error, "reason", error))
-        time.sleep(poll_s)
-    raise RegistrationError(
-        f"the SuperLink did not answer at {scheme}://{address}/health within {wait_s:g} s "
-        f"(last: {last_error})"
-    )
 
 
 def register_key(public_key: str, connection: str) -> str:

@@ -21,6 +21,7 @@ from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid
 
 from gcfl.protocol import ABANDONED_CALL
+from gcfl.strategy.discovery import NoReplyError
 
 if TYPE_CHECKING:
     from flwr.supercore.run import Run
@@ -48,14 +49,6 @@ class _Group:
         if factor <= 0 or self.pushed == 0 or self.replied < QUORUM * self.pushed:
             return None
         return self.started + max(least_s, factor * self.slowest)
-
-
-class NoReplyError(Exception):
-    """A node's message got no usable reply: ``outcome`` is "timed-out" or "failed"."""
-
-    def __init__(self, node_id: int, outcome: str, reason: str) -> None:
-        super().__init__(f"node {node_id}: {outcome}: {reason}")
-        self.node_id, self.outcome, self.reason = node_id, outcome, reason
 
 
 def _raise_unless_answered(message: Message, replies: list[Message], waited: float) -> None:

@@ -6,12 +6,15 @@ import json
 import math
 import os
 import tempfile
+from collections.abc import Mapping
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
-from gcfl.config import GcflConfig
+from gcfl.config import GcflConfig, parse_run_config
+from gcfl.processes import SimulationError
 from gcfl.server.checkpoint import CHECKPOINT_FILE
+from gcfl.strategy.sampling import check_federation_size
 
 RESULTS_FILE = "results.json"
 MODEL_FILE = "model.keras"
@@ -123,3 +126,18 @@ def read_results(path: str | Path) -> dict[str, Any]:
     if path.is_dir():
         path = path / RESULTS_FILE
     return json.loads(path.read_text(encoding="utf-8"))
+
+
+def prepare_run(run_config: Mapping[str, Any], num_clients: int) -> tuple[GcflConfig, Path]:
+    """Check all that can be checked before any process starts; return the config and out-dir.
+
+    The out-dir rules are the ServerApp's own (:func:`resolve_out_dir`), applied
+    early so that a run doomed to be refused never starts a SuperLink.
+    """
+    config = parse_run_config(run_config)
+    if not config.out_dir:
+        raise SimulationError("out-dir must be set to an absolute folder for the results")
+    if num_clients < 1:
+        raise SimulationError(f"the number of clients must be >= 1, got {num_clients}")
+    check_federation_size(config, num_clients)
+    return config, resolve_out_dir(config, run_id=0)

@@ -25,8 +25,8 @@ from gcfl.server.checkpoint import (
 )
 from gcfl.server.evaluation import CentralEvaluator
 from gcfl.server.grid import PromptGrid
+from gcfl.server.progress import progress_event, progress_line
 from gcfl.server.results import MODEL_FILE, RunRecorder, package_versions, resolve_out_dir
-from gcfl.simulation.progress import progress_event, progress_line
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg
 from gcfl.strategy.record import RoundRecord
 

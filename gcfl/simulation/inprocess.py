@@ -45,9 +45,9 @@ from gcfl.client.client_app import client_fn
 from gcfl.client.deadline import CallAbandoned
 from gcfl.config import default_run_config, parse_run_config
 from gcfl.model import make_training_reproducible
-from gcfl.server.grid import NoReplyError
 from gcfl.server.results import RESULTS_FILE
 from gcfl.server.server_app import server_fn
+from gcfl.strategy.discovery import NoReplyError
 
 
 class InProcessNode(ClientProxy):
@@ -116,7 +116,7 @@ def run_in_process(
     ``run_config`` holds overrides of the defaults and must set an absolute
     ``out-dir``, where results.json and the checkpoint are written as by
     ``gcfl run``. ``on_round`` gets each finished round's progress event
-    (:mod:`gcfl.simulation.progress`). ``make_client`` builds a node's client
+    (:mod:`gcfl.server.progress`). ``make_client`` builds a node's client
     from its context, as a ClientApp's ``client_fn`` does (the hostile suite's).
     """
     config = parse_run_config(run_config)

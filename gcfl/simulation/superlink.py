@@ -10,50 +10,24 @@ process it spawned (SuperExec, the simulation process, Ray).
 from __future__ import annotations
 
 import contextlib
-import os
-import signal
-import socket
 import subprocess
-import sys
 from pathlib import Path
 
-import psutil
+from gcfl.processes import (
+    CONNECTION_NAME,
+    RegistrationError,
+    flower_command,
+    free_port,
+    stop_process_tree,
+    tool_environment,
+    wait_for_health,
+)
 
-from gcfl.deploy.register import RegistrationError, wait_for_health
-
-CONNECTION_NAME = "gcfl-local"
 STARTUP_TIMEOUT_S = 60.0
 
 
 class SuperLinkError(RuntimeError):
     """The SuperLink did not start; the message points at its log."""
-
-
-def free_port() -> int:
-    """A TCP port on 127.0.0.1 that nothing listens on right now."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
-
-
-def tool_environment(flwr_home: Path, ray_tmpdir: Path) -> dict[str, str]:
-    """Environment for Flower's processes: this interpreter's tools first, quiet logs."""
-    env = os.environ.copy()
-    bin_dir = str(Path(sys.executable).parent)
-    env["PATH"] = bin_dir + os.pathsep + env.get("PATH", "")
-    env["FLWR_HOME"] = str(flwr_home)
-    env["RAY_TMPDIR"] = str(ray_tmpdir)
-    env["FLWR_DISABLE_UPDATE_CHECK"] = "1"
-    env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    # Ray otherwise warns on every start that this default will change.
-    env.setdefault("RAY_ACCEL_ENV_VAR_OVERRIDE_ON_ZERO", "0")
-    return env
-
-
-def flower_command(name: str) -> str:
-    """Path of a Flower console script installed beside this interpreter."""
-    candidate = Path(sys.executable).parent / name
-    return str(candidate) if candidate.exists() else name
 
 
 def write_connection(flwr_home: Path, address: str) -> None:
@@ -148,22 +122,3 @@ class LocalSuperLink:
 
     def __exit__(self, *exc_info: object) -> None:
         self.stop()
-
-
-def stop_process_tree(pid: int, grace_s: float = 10.0) -> None:
-    """SIGTERM ``pid``, its process group and all descendants; SIGKILL what remains."""
-    try:
-        root = psutil.Process(pid)
-        processes = [root, *root.children(recursive=True)]
-    except psutil.NoSuchProcess:
-        return
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(pid, signal.SIGTERM)
-    for process in processes:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.terminate()
-    _, alive = psutil.wait_procs(processes, timeout=grace_s)
-    for process in alive:
-        with contextlib.suppress(psutil.NoSuchProcess):
-            process.kill()
-    psutil.wait_procs(alive, timeout=5)

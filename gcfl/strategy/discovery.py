@@ -14,8 +14,15 @@ from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.protocol import NodeInfo, ProtocolError
-from gcfl.server.grid import NoReplyError
 from gcfl.strategy.coordinator import NoReply, StrategySetupError
+
+
+class NoReplyError(Exception):
+    """A node's message got no usable reply: ``outcome`` is "timed-out" or "failed"."""
+
+    def __init__(self, node_id: int, outcome: str, reason: str) -> None:
+        super().__init__(f"node {node_id}: {outcome}: {reason}")
+        self.node_id, self.outcome, self.reason = node_id, outcome, reason
 
 
 @dataclass
