@@ -173,7 +173,3 @@ def reset_optimizer(model: keras.Model, lr: float) -> float:
     for variable in optimizer_state(model):
         variable.assign(np.zeros(variable.shape, dtype=variable.dtype))
     return set_learning_rate(model, lr)
-
-
-def count_parameters(model: keras.Model) -> int:
-    return int(sum(np.prod(w.shape) for w in model.weights))

@@ -13,31 +13,24 @@ import pytest
 from gcfl.config import GcflConfig
 from gcfl.strategy.aggregation import (
     best_share,
+    check_update,
     clip_factors,
     improved_enough,
     shortened,
-    update_problem,
     weighted_average,
 )
-from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels, groups
+from gcfl.strategy.clustering import MIN_EPS, NOISE, auto_eps, cluster_labels
 from gcfl.strategy.features import SearchSpace, hyperparameter_features
 from gcfl.strategy.fitness import fitness_score
 from gcfl.strategy.genetic import (
     Cohort,
     Hyperparameters,
-    Member,
     Mutation,
     blend,
     breed,
     evolve,
-    evolve_group,
-    explore,
     explore_pairs,
-    migrate,
     migration_count,
-    mutate_lr,
-    random_hyperparameters,
-    rank_by_fitness,
     step_batch_sizes,
 )
 from gcfl.strategy.population import (
@@ -51,6 +44,15 @@ from gcfl.strategy.population import (
 )
 from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
+from tests.scalar_genetic import (
+    Member,
+    evolve_group,
+    explore,
+    migrate,
+    mutate_lr,
+    random_hyperparameters,
+    rank_by_fitness,
+)
 
 SPACE = SearchSpace(lr_min=1e-7, lr_max=1e-3, batch_min=16, batch_max=128)
 LINEAR = Mutation("linear", 0.1, 0.0, space=None, bounded=True, batch_step=0.0, crossover="pick")
@@ -107,10 +109,6 @@ class TestClustering:
         labels = cluster_labels(features, eps=0.15, min_samples=2)
         assert labels[0] == labels[1] != labels[2] == labels[3]
         assert labels[4] == NOISE
-
-    def test_noise_is_one_group_of_its_own(self):
-        grouped = groups([7, 3, 5, 1], [NOISE, 0, NOISE, 0])
-        assert grouped == {NOISE: [5, 7], 0: [1, 3]}
 
     def test_no_clients_no_labels(self):
         assert cluster_labels(np.empty((0, 2)), 0.15, 2).size == 0
@@ -300,7 +298,10 @@ class TestPopulation:
         before = {cid: (s.lr, s.batch_size) for cid, s in pop.states.items()}
         losses = {cid: 1.0 + cid for cid in range(8)}
         labels = pop.step(1, reports_for(pop, losses))
-        for members_ in groups(list(labels), list(labels.values())).values():
+        by_label: dict[int, list[int]] = {}
+        for cid, label in sorted(labels.items()):
+            by_label.setdefault(label, []).append(cid)
+        for members_ in by_label.values():
             ranked = sorted(members_, key=lambda c: losses[c])
             for cid in ranked[:2]:
                 assert (pop.states[cid].lr, pop.states[cid].batch_size) == before[cid]
@@ -394,12 +395,12 @@ class TestAggregation:
 
     def test_problems_are_named(self):
         reference = [np.zeros((2, 2), np.float32)]
-        assert "shape" in update_problem([np.zeros((3, 2), np.float32)], reference, None)
-        assert "non-finite" in update_problem([np.full((2, 2), np.nan)], reference, None)
-        assert "arrays" in update_problem([], reference, None)
-        assert update_problem([np.ones((2, 2), np.float32)], reference, None) is None
+        assert "shape" in check_update([np.zeros((3, 2), np.float32)], reference, None)[0]
+        assert "non-finite" in check_update([np.full((2, 2), np.nan)], reference, None)[0]
+        assert "arrays" in check_update([], reference, None)[0]
+        assert check_update([np.ones((2, 2), np.float32)], reference, None)[0] is None
         big = [np.full((2, 2), 100.0)]
-        assert "norm" in update_problem(big, [np.ones((2, 2))], max_update_norm=10)
+        assert "norm" in check_update(big, [np.ones((2, 2))], max_update_norm=10)[0]
 
 
 WIDE = SearchSpace(lr_min=1e-5, lr_max=1e-1, batch_min=16, batch_max=128)

@@ -21,7 +21,6 @@ from gcfl.data import client_data, load_dataset
 from gcfl.model import (
     build_model,
     cached_model,
-    count_parameters,
     make_training_reproducible,
     reset_optimizer,
 )
@@ -39,7 +38,7 @@ from gcfl.protocol import (
 
 def test_seed_cnn_has_550570_parameters_on_cifar_shapes():
     model = build_model("", (32, 32, 3), 10, seed=0)
-    assert count_parameters(model) == 550_570
+    assert model.count_params() == 550_570
     assert model.loss == "sparse_categorical_crossentropy"  # not seed bug 2's binary one
 
 

@@ -20,7 +20,7 @@ import ipaddress
 import os
 import re
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 from gcfl.client.worker import NODE_CONFIG_KEY
 
@@ -64,15 +64,6 @@ class CertificatePaths:
 
     def node_public_key(self, index: int) -> str:
         return f"{self.folder}/supernode-{index}.pub"
-
-
-@dataclass(frozen=True)
-class Service:
-    """One process of the deployment."""
-
-    name: str
-    command: list[str]
-    depends_on: list[str] = field(default_factory=list)
 
 
 def _subprocess_apps(host: str, port: int) -> list[str]:

@@ -45,13 +45,6 @@ def check_update(
     return None, ratio
 
 
-def update_problem(
-    update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
-) -> str | None:
-    """Why ``update`` must not be aggregated into ``reference``, or None when it is fine."""
-    return check_update(update, reference, max_update_norm)[0]
-
-
 def best_share(scores: Sequence[float | None], share: float, minimum: int) -> list[int]:
     """Positions of the updates to average: the best ``share`` by score (lower is better).
 

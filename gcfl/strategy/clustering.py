@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
-
 import numpy as np
 from sklearn.cluster import DBSCAN
 from sklearn.neighbors import KDTree
 
 from gcfl.strategy.grid_dbscan import NOISE, grid_dbscan
 
-__all__ = ["GRID_MIN_CLIENTS", "MIN_EPS", "NOISE", "auto_eps", "cluster_labels", "groups"]
+__all__ = ["GRID_MIN_CLIENTS", "MIN_EPS", "NOISE", "auto_eps", "cluster_labels"]
 
 # Below this, points that differ only by float rounding would count as apart.
 MIN_EPS = 1e-3
@@ -56,15 +54,3 @@ def cluster_labels(features: np.ndarray, eps: float, min_samples: int) -> np.nda
     if large:
         return grid_dbscan(features, radius, min_samples, tree)
     return DBSCAN(eps=radius, min_samples=min_samples).fit_predict(features).astype(np.int64)
-
-
-def groups(client_ids: Sequence[int], labels: Sequence[int]) -> dict[int, list[int]]:
-    """Map each label to its client ids (ascending).
-
-    DBSCAN's noise points form one group of their own under ``NOISE``, as in
-    the seed notebook: outliers evolve among themselves rather than not at all.
-    """
-    grouped: dict[int, list[int]] = {}
-    for client_id, label in sorted(zip(client_ids, labels, strict=True)):
-        grouped.setdefault(int(label), []).append(int(client_id))
-    return dict(sorted(grouped.items()))

@@ -4,15 +4,12 @@ Small pure functions in the manner of Ray Tune's PBT exploit/explore: every
 random draw comes from the ``numpy.random.Generator`` passed in. The step
 works on a round's clients as arrays (:class:`Cohort`), every group at once,
 so that a round of 100,000 clients costs a few array operations rather than
-a Python call per client; :func:`evolve_group`, :func:`migrate`,
-:func:`offspring` and :func:`explore` are the same rules for a few
-:class:`Member` objects, for reading and testing.
+a Python call per client (``tests/scalar_genetic.py`` states the same rules
+for a few members, for reading and testing).
 """
 
 from __future__ import annotations
 
-import math
-from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -21,17 +18,6 @@ from gcfl.strategy.features import SearchSpace, from_units, hyperparameter_featu
 
 MUTATION_RULES = ("log", "linear")
 CROSSOVER_RULES = ("pick", "blend")
-
-
-@dataclass(frozen=True)
-class Member:
-    """One client as the genetic step sees it; ``score``: lower is better (see fitness.py)."""
-
-    client_id: int
-    lr: float
-    batch_size: int
-    score: float | None
-    healthy: bool = True
 
 
 @dataclass(frozen=True)
@@ -108,34 +94,12 @@ class Cohort:
     score: np.ndarray
     healthy: np.ndarray
 
-    @classmethod
-    def of(cls, members: Sequence[Member]) -> Cohort:
-        return cls(
-            client_id=np.array([m.client_id for m in members], dtype=np.int64),
-            lr=np.array([m.lr for m in members], dtype=np.float64),
-            batch_size=np.array([m.batch_size for m in members], dtype=np.int64),
-            score=np.array(
-                [math.nan if m.score is None else m.score for m in members], dtype=np.float64
-            ),
-            healthy=np.array([m.healthy for m in members], dtype=bool),
-        )
-
     def __len__(self) -> int:
         return len(self.client_id)
 
     @property
     def fit(self) -> np.ndarray:
         return self.healthy & np.isfinite(self.score)
-
-    def pairs(self) -> dict[int, Hyperparameters]:
-        """Every row's pair, keyed by client id."""
-        return dict(
-            zip(
-                self.client_id.tolist(),
-                map(Hyperparameters, self.lr.tolist(), self.batch_size.tolist()),
-                strict=True,
-            )
-        )
 
 
 def random_pairs(
@@ -151,32 +115,16 @@ def random_pairs(
     return from_units(lr_units, rng.random(count), space)
 
 
-def random_hyperparameters(space: SearchSpace, rng: np.random.Generator) -> Hyperparameters:
-    """One pair of :func:`random_pairs`."""
-    lr, batch = random_pairs(space, 1, rng)
-    return Hyperparameters(float(lr[0]), int(batch[0]))
-
-
 def fitness_order(cohort: Cohort) -> np.ndarray:
     """Rows from best to worst: fit rows by ascending score, then the rest; ties by id."""
     fit = cohort.fit
     return np.lexsort((cohort.client_id, np.where(fit, cohort.score, 0.0), ~fit))
 
 
-def rank_by_fitness(members: Sequence[Member]) -> list[Member]:
-    """:func:`fitness_order` for members: a diverged, failed or unscored member ranks last."""
-    return [members[row] for row in fitness_order(Cohort.of(members))]
-
-
 def mutate_lrs(lrs: np.ndarray, factor: float, rng: np.random.Generator) -> np.ndarray:
     """The notebook's mutation: each lr times a factor drawn from {1 - f, 1, 1 + f}."""
     factors = np.array([1.0 - factor, 1.0, 1.0 + factor])
     return lrs * factors[rng.integers(3, size=len(lrs))]
-
-
-def mutate_lr(lr: float, factor: float, rng: np.random.Generator) -> float:
-    """:func:`mutate_lrs` for one lr."""
-    return float(mutate_lrs(np.array([lr]), factor, rng)[0])
 
 
 def _reflect(values: np.ndarray) -> np.ndarray:
@@ -249,12 +197,6 @@ def _explore_by_rule(
     return lr, batch_size
 
 
-def explore(pair: Hyperparameters, mutation: Mutation, rng: np.random.Generator) -> Hyperparameters:
-    """:func:`explore_pairs` for one pair."""
-    lr, batch = explore_pairs(np.array([pair.lr]), np.array([pair.batch_size]), mutation, rng)
-    return Hyperparameters(float(lr[0]), int(batch[0]))
-
-
 def breed(
     pool: Cohort,
     starts: np.ndarray,
@@ -301,14 +243,6 @@ def blend(
     lr = np.exp(lr_weight * np.log(first[0]) + (1 - lr_weight) * np.log(second[0]))
     log_batch = batch_weight * np.log2(first[1]) + (1 - batch_weight) * np.log2(second[1])
     return lr, np.rint(np.exp2(log_batch)).astype(np.int64)
-
-
-def offspring(
-    parents: Sequence[Member], mutation: Mutation, rng: np.random.Generator
-) -> Hyperparameters:
-    """One child of ``parents`` (see :func:`breed`)."""
-    lr, batch = breed(Cohort.of(parents), np.array([0]), np.array([len(parents)]), mutation, rng)
-    return Hyperparameters(float(lr[0]), int(batch[0]))
 
 
 def _by_id(cohort: Cohort, rows: np.ndarray) -> np.ndarray:
@@ -384,26 +318,6 @@ def evolve(
     return new_lr, new_batch
 
 
-def evolve_group(
-    members: Sequence[Member],
-    elite: int,
-    mutation: Mutation,
-    rng: np.random.Generator,
-    fallback_parents: Sequence[Member] = (),
-) -> dict[int, Hyperparameters]:
-    """:func:`evolve` for one group, keyed by client id.
-
-    ``fallback_parents`` (all of them, fit or not) stand in for a group
-    without a fit member; without any, such a group breeds from itself.
-    """
-    cohort = Cohort.of(members)
-    fallback = Cohort.of(fallback_parents) if fallback_parents else _take(cohort, np.arange(0))
-    lr, batch = evolve(
-        cohort, np.zeros(len(cohort), dtype=np.int64), elite, mutation, rng, fallback
-    )
-    return Cohort(cohort.client_id, lr, batch, cohort.score, cohort.healthy).pairs()
-
-
 def migration_count(population: int, fraction: float) -> int:
     """How many of a round's ``population`` clients migrate: ``fraction`` of it, at least one.
 
@@ -448,13 +362,3 @@ def migration(
     counts = np.full(len(migrants), len(donors))
     lr, batch = breed(_take(cohort, donors), starts, counts, mutation, rng)
     return migrants, lr, batch
-
-
-def migrate(
-    members: Sequence[Member], fraction: float, mutation: Mutation, rng: np.random.Generator
-) -> dict[int, Hyperparameters]:
-    """:func:`migration` for a list of members: the migrants' new pairs, keyed by client id."""
-    cohort = Cohort.of(members)
-    rows, lr, batch = migration(cohort, fraction, mutation, rng)
-    moved = Cohort(cohort.client_id[rows], lr, batch, cohort.score[rows], cohort.healthy[rows])
-    return moved.pairs()
