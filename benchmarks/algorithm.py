@@ -19,7 +19,8 @@ import time
 import numpy as np
 
 from gcfl.config import parse_run_config
-from gcfl.strategy.population import GeneticPopulation, GeneticSettings, Report
+from gcfl.strategy.policy import Report
+from gcfl.strategy.population import GeneticPopulation, GeneticSettings
 
 
 def one_round_seconds(num_clients: int, repeats: int, eps: float | None) -> list[float]:

@@ -33,15 +33,8 @@ from gcfl.strategy.genetic import (
     migration_count,
     step_batch_sizes,
 )
-from gcfl.strategy.population import (
-    ClientState,
-    GeneticPopulation,
-    GeneticSettings,
-    Report,
-    reclusters_in,
-    states_from_dict,
-    states_to_dict,
-)
+from gcfl.strategy.policy import ClientState, Report, states_from_dict, states_to_dict
+from gcfl.strategy.population import GeneticPopulation, GeneticSettings, reclusters_in
 from gcfl.strategy.rollback import mean_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 from tests.scalar_genetic import (

@@ -50,14 +50,14 @@ from gcfl.strategy.judge import (
     no_reply,
     weighted_evaluation,
 )
-from gcfl.strategy.population import (
+from gcfl.strategy.policy import (
     ClientState,
     HyperparameterPolicy,
     Report,
-    make_policy,
     states_from_dict,
     states_to_dict,
 )
+from gcfl.strategy.population import make_policy
 from gcfl.strategy.record import ClientRecord, GroupRecord, RoundRecord
 from gcfl.strategy.rollback import mean_finite, median_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
