@@ -10,7 +10,6 @@ translates Flower's types and calls these methods in its hooks.
 
 from __future__ import annotations
 
-import math
 import time
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -19,46 +18,31 @@ from typing import Any
 import numpy as np
 
 from gcfl.config import GcflConfig
-from gcfl.protocol import EvaluateInstruction, FitInstruction
+from gcfl.protocol import FitInstruction
 from gcfl.strategy.aggregation import (
-    agreeing,
-    agreement,
     best_share,
     clip_factors,
     improved_enough,
-    krum_selection,
-    robust_average,
     shortened,
-    weighted_average,
 )
-from gcfl.strategy.candidates import (
-    Candidates,
-    candidates_for,
-    client_scores,
-    fitness_groups,
-    group_contributions,
-    harmful_groups,
-    judgeable_groups,
-)
-from gcfl.strategy.features import SearchSpace, hyperparameter_features
+from gcfl.strategy.federated_round import FederatedFitnessRound, NoReply, PendingFitness
 from gcfl.strategy.judge import (
     EvaluateVerdict,
     FitVerdict,
-    judge_candidates,
     judge_evaluate,
     judge_fit,
     no_reply,
     weighted_evaluation,
 )
 from gcfl.strategy.policy import (
-    ClientState,
     HyperparameterPolicy,
     Report,
     states_from_dict,
     states_to_dict,
 )
 from gcfl.strategy.population import make_policy
-from gcfl.strategy.record import ClientRecord, GroupRecord, RoundRecord
+from gcfl.strategy.record import ClientRecord, RoundRecord
+from gcfl.strategy.robust import robust_aggregate
 from gcfl.strategy.rollback import mean_finite, median_finite, rollback_needed
 from gcfl.strategy.sampling import num_sampled, sample_clients
 
@@ -76,37 +60,11 @@ class FitReply:
     weights: Weights
 
 
-@dataclass(frozen=True)
-class NoReply:
-    """A sampled client that sent no usable reply: ``outcome`` failed or timed-out."""
-
-    outcome: str
-    reason: str
-
-
-@dataclass
-class PendingFitness:
-    """A round between its fits and its federated fitness (``fitness=federated``).
-
-    ``updates`` are the accepted updates as averaged (after any clip), keyed
-    by client; ``labels`` every trained client's cluster; ``aggregate`` the
-    model the round returns when the evaluation cannot judge (None: the round
-    keeps the global model, as after a rollback or too few updates).
-    """
-
-    labels: dict[int, int]
-    updates: dict[int, tuple[Weights, int]]
-    aggregate: Weights | None
-    groups: dict[int, tuple[int, ...]] | None = None
-    candidates: Candidates | None = None
-    plan: dict[int, list[int]] | None = None  # evaluator -> the groups it judges
-
-
 class StrategySetupError(RuntimeError):
     """The federation cannot run this configuration (too few SuperNodes, duplicate ids...)."""
 
 
-class Coordinator:
+class Coordinator(FederatedFitnessRound):
     """Every round's decisions for the clients ``capacity`` names (partition id -> examples)."""
 
     def __init__(
@@ -233,47 +191,14 @@ class Coordinator:
                 (shortened(weights, self._global_weights, factor), count)
                 for (weights, count), factor in zip(updates, factors, strict=True)
             ]
-        aggregate = self._robust(averaged, updates)
+        clients = {client.id: client for client in record.clients}
+        aggregate, record.aggregated = robust_aggregate(
+            self.config, averaged, updates, self._global_weights, clients
+        )
         if self.pending is not None:
             self.pending.updates = dict(zip(averaged, updates, strict=True))
             self.pending.aggregate = aggregate
         return aggregate
-
-    def _robust(self, client_ids: list[int], updates: list[tuple[Weights, int]]) -> Weights:
-        """The round's aggregate by ``aggregate``; what each rule left out goes in the record."""
-        rule = self.config.aggregate
-        if self.config.strategy != "gcfl" or rule in ("mean", "drop-harmful") or len(updates) < 3:
-            return weighted_average(updates)
-        assert self.round is not None
-        clients = {client.id: client for client in self.round.clients}
-        if rule == "guarded":
-            cosines = agreement([w for w, _ in updates], self._global_weights)
-            kept = agreeing(cosines, self.config.aggregate_agreement)
-            for position, cid in enumerate(client_ids):
-                clients[cid].agreement = round(cosines[position], 4)
-                clients[cid].left_out = position not in kept
-            kept_updates = [updates[i] for i in kept]
-            ratios = [_move_ratio(w, self._global_weights) for w, _ in kept_updates]
-            factors = clip_factors(ratios, GUARD_CLIP)
-            self.round.aggregated = len(kept)
-            return weighted_average(
-                [
-                    (shortened(w, self._global_weights, f), n)
-                    for (w, n), f in zip(kept_updates, factors, strict=True)
-                ]
-            )
-        if rule == "krum":
-            keep = len(updates) - self.config.aggregate_byzantine
-            kept = krum_selection([w for w, _ in updates], self.config.aggregate_byzantine, keep)
-            for position, cid in enumerate(client_ids):
-                if position not in kept:
-                    clients[cid].left_out = True
-            self.round.aggregated = len(kept)
-            return weighted_average([updates[i] for i in kept])
-        merged, shares = robust_average([w for w, _ in updates], rule, self.config.aggregate_trim)
-        for cid, share in zip(client_ids, shares, strict=True):
-            clients[cid].outlier_share = round(share, 4)
-        return merged
 
     def _note_policy(self, labels: Mapping[int, int]) -> None:
         """Copy the policy's clusters, migrations and scores into the round's client records."""
@@ -325,133 +250,6 @@ class Coordinator:
         return rollback_needed(
             self.previous_val_loss, global_val_loss, self.config.rollback_tolerance
         )
-
-    # ------------------------------------------------------ federated fitness
-    def candidate_requests(self) -> dict[int, tuple[EvaluateInstruction, list[Weights]]]:
-        """fitness=federated: each evaluator's instruction and models (the aggregate first).
-
-        Empty when there is nothing to judge (no pending round, fewer than two
-        groups of accepted updates, no evaluator that may judge any group);
-        :meth:`finish_candidates` must still be called.
-        """
-        pending = self.pending
-        if pending is None or pending.aggregate is None or self.round is None:
-            return {}
-        accepted = {cid: pending.labels[cid] for cid in pending.updates if cid in pending.labels}
-        states = self.policy.states
-        space = SearchSpace(
-            self.config.lr_min, self.config.lr_max, self.config.batch_min, self.config.batch_max
-        )
-        ids = sorted(accepted)
-        pairs = [_trained_pair(states[c]) for c in ids]
-        rows = hyperparameter_features(
-            [lr for lr, _ in pairs], [batch for _, batch in pairs], space
-        )
-        groups = fitness_groups(accepted, dict(zip(ids, rows.tolist(), strict=True)))
-        if len(groups) < 2:
-            return {}
-        pending.groups = groups
-        candidates = candidates_for(
-            self.config.fitness_candidates, pending.updates, groups, self._global_weights
-        )
-        pending.candidates = candidates
-        plan = {e: judgeable_groups(e, groups) for e in self._fitness_evaluators()}
-        pending.plan = {e: labels for e, labels in plan.items() if labels}
-        server_round = self.round.round
-        requests = {}
-        for evaluator, labels in pending.plan.items():
-            models = candidates.models(labels)
-            requests[evaluator] = (EvaluateInstruction(server_round, len(models), "local"), models)
-        return requests
-
-    def _fitness_evaluators(self) -> list[int]:
-        """The round's evaluators: clients that did not train first, then some that did."""
-        config = self.config
-        count = config.fitness_evaluators
-        if config.fraction_evaluate > 0:
-            count = max(count, num_sampled(len(self.capacity), config.fraction_evaluate, 1))
-        trained = sorted(self._instructions)
-        idle = sorted(set(self.capacity) - set(trained))
-        rng = self.evaluation_rng
-        chosen = [int(c) for c in rng.permutation(np.array(idle, dtype=np.int64))[:count]]
-        if len(chosen) < count:
-            extra = rng.permutation(np.array(trained, dtype=np.int64))[: count - len(chosen)]
-            chosen += [int(c) for c in extra]
-        return sorted(chosen)
-
-    def finish_candidates(
-        self, replies: Mapping[int, tuple[Any, Mapping[str, Any], int] | NoReply]
-    ) -> Weights | None:
-        """Judge the evaluators' losses, evolve the policy; the round's global model.
-
-        The groups whose absence lowered the evaluators' median loss are left
-        out of the aggregate; every other accepted update is averaged. Without
-        a believed evaluation, clients rank by their own improvement and every
-        accepted update counts (None: keep the model ``finish_fit`` returned).
-        """
-        assert self.round is not None and self.pending is not None
-        record, pending, self.pending = self.round, self.pending, None
-        local = self.policy.local_scores(pending.labels)
-        if pending.groups is None or pending.candidates is None or pending.plan is None:
-            self.policy.evolve(pending.labels, local)
-            self._note_policy(pending.labels)
-            return pending.aggregate
-        judged: dict[int, dict[int, tuple[float, float]]] = {}
-        verdicts: list[EvaluateVerdict] = []
-        refused: dict[str, str] = {}
-        for evaluator, labels in sorted(pending.plan.items()):
-            reply = replies.get(evaluator)
-            if reply is None or isinstance(reply, NoReply):
-                why = "no reply" if reply is None else f"{reply.outcome}: {reply.reason}"
-                refused[str(evaluator)] = why
-                continue
-            expected = len(pending.candidates.models(labels))
-            verdict = judge_candidates(evaluator, *reply, expected, self._local_capacity(evaluator))
-            if verdict.report is None:
-                refused[str(evaluator)] = str(verdict.reason)
-                continue
-            verdicts.append(verdict)
-            judged[evaluator] = pending.candidates.with_and_without(verdict.report.losses, labels)
-        judgements = group_contributions(judged, pending.groups)
-        harmful = harmful_groups(judgements) if self.config.aggregate == "drop-harmful" else set()
-        candidates = pending.candidates
-        shares = (
-            candidates.shares
-            if candidates.kind == "leave-out"
-            else dict.fromkeys(candidates.shares, 1.0)
-        )
-        scores = {**local, **client_scores(pending.groups, judgements, shares, local)}
-        self.policy.evolve(pending.labels, scores)
-        self._note_policy(pending.labels)
-        record.evaluation_refused = refused
-        record.federated_clients = len(verdicts)
-        result = weighted_evaluation(verdicts)
-        if result is not None:
-            record.federated_loss, record.federated_accuracy = result
-        record.groups = [
-            GroupRecord(
-                label=label,
-                members=list(members),
-                share=round(candidates.shares[label], 6),
-                contribution=judgements[label].contribution,
-                evaluators=judgements[label].evaluators,
-                left_out=label in harmful,
-            )
-            for label, members in pending.groups.items()
-        ]
-        left_out = {c for label in harmful for c in pending.groups[label]}
-        for client in record.clients:
-            client.left_out = client.id in left_out
-        if not harmful:
-            return candidates.aggregate
-        kept = [cid for cid in sorted(pending.updates) if cid not in left_out]
-        record.aggregated = len(kept)
-        return weighted_average([pending.updates[cid] for cid in kept])
-
-    def _local_capacity(self, client_id: int) -> int:
-        """The most examples a client holds in all (training and validation splits)."""
-        train = self.capacity[client_id]
-        return math.ceil(train / (1.0 - self.config.val_fraction)) + 1
 
     # ------------------------------------------------------------ evaluation
     def evaluation_sample(self) -> list[int]:
@@ -523,14 +321,6 @@ class Coordinator:
             self.evaluation_rng.bit_generator.state = state["evaluation_rng"]
 
 
-def _trained_pair(state: ClientState) -> tuple[float, int]:
-    """The pair an accepted client trained with this round (recorded before any grouping)."""
-    lr = state.trained_lr if state.trained_lr is not None else state.lr
-    batch = state.trained_batch_size if state.trained_batch_size is not None else state.batch_size
-    assert lr is not None and batch is not None, "an accepted client has a pair"
-    return lr, batch
-
-
 def _accepted_update(verdict: FitVerdict) -> tuple[Weights, int]:
     assert verdict.update is not None, "only accepted verdicts are averaged"
     return verdict.update
@@ -555,13 +345,3 @@ def _report(verdict: FitVerdict) -> Report:
 
 def _finite(value: float) -> float | None:
     return float(value) if np.isfinite(value) else None
-
-
-def _move_ratio(update: Weights, reference: Weights) -> float:
-    """``||update - reference||``: one scale for every update of a round."""
-    return math.sqrt(
-        sum(
-            float(np.sum(np.square(np.asarray(u, np.float64) - np.asarray(r, np.float64))))
-            for u, r in zip(update, reference, strict=True)
-        )
-    )
