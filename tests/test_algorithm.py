@@ -328,7 +328,12 @@ class TestPopulation:
                 pop.step(server_round, reports_for(pop, {c: 1.0 / (c + 1) for c in range(10)}))
             return {cid: (s.lr, s.batch_size, s.cluster) for cid, s in pop.states.items()}
 
-        assert run() == run()
+        first = run()
+        assert first == run()
+        initial = {cid: (s.lr, s.batch_size) for cid, s in population(10).states.items()}
+        # Not equal because nothing happened: three steps moved pairs and clustered everyone.
+        assert sum(first[c][:2] != initial[c] for c in first) >= 3
+        assert all(cluster is not None for _, _, cluster in first.values())
 
     @pytest.mark.parametrize(("every", "rounds"), [(1, {1, 2, 3, 4}), (2, {1, 3}), (0, {1})])
     def test_recluster_schedule(self, every, rounds):

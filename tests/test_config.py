@@ -1,9 +1,7 @@
 """The run config: defaults agree with pyproject.toml, bad values name their key."""
 
-import dataclasses
 import tomllib
 from pathlib import Path
-from typing import Any
 
 import pytest
 
@@ -11,7 +9,6 @@ from gcfl import config as config_module
 from gcfl.config import (
     CONFIG_CACHE_SIZE,
     ConfigError,
-    GcflConfig,
     config_keys,
     config_of,
     default_run_config,
@@ -21,7 +18,6 @@ from gcfl.config import (
 from gcfl.config_table import PAGE, run_config_table, with_table
 from gcfl.strategy import fitness, genetic
 from gcfl.strategy.features import SearchSpace
-from gcfl.strategy.genetic import Mutation
 from gcfl.strategy.population import GeneticSettings
 
 PYPROJECT = Path(__file__).resolve().parents[1] / "pyproject.toml"
@@ -217,36 +213,46 @@ def test_config_of_keeps_only_the_most_recent_configs():
     assert len(config_module._PARSED) <= CONFIG_CACHE_SIZE
 
 
-def _run_config_defaults() -> dict[type, Any]:
-    """Each algorithm-settings dataclass as the run config's defaults build it."""
-    settings = GeneticSettings.from_config(GcflConfig())
-    return {GeneticSettings: settings, Mutation: settings.mutation, SearchSpace: settings.space}
-
-
-@pytest.mark.parametrize("settings_class", list(_run_config_defaults()))
-def test_algorithm_settings_defaults_are_the_run_configs(settings_class):
-    # GcflConfig is the one source of defaults: a settings class either has none
-    # or exactly the run config's, so code built without the config runs the same rules.
-    expected = _run_config_defaults()[settings_class]
-    for f in dataclasses.fields(settings_class):
-        if f.default is not dataclasses.MISSING:
-            assert f.default == getattr(expected, f.name), f"{settings_class.__name__}.{f.name}"
-        if f.default_factory is not dataclasses.MISSING:
-            assert f.default_factory() == getattr(expected, f.name), (
-                f"{settings_class.__name__}.{f.name}"
-            )
-
-
-@pytest.mark.parametrize(
-    ("overrides", "named"),
-    [
-        ({"init": "search", "lr-min": 1e-3, "lr-max": 5e-3}, "lr-grid"),
-        ({"init": "search", "batch-min": 100, "batch-max": 128}, "batch-grid"),
-    ],
-)
-def test_a_search_grid_with_too_few_points_inside_the_space_is_refused(overrides, named):
-    with pytest.raises(ConfigError, match=named):
-        parse_run_config(overrides)
+def test_the_algorithm_runs_the_rules_the_run_config_names():
+    # GcflConfig is the one source of the algorithm's parameters: a setting the
+    # run config changes must reach the genetic step unchanged.
+    config = parse_run_config(
+        {
+            "elite": 3,
+            "migration": 0.25,
+            "mutation": "log",
+            "mutation-scale": 0.2,
+            "resample": 0.1,
+            "batch-step": 0.3,
+            "crossover": "blend",
+            "dbscan-eps": 0.2,
+            "dbscan-min-samples": 3,
+            "recluster-every": 2,
+            "fitness": "loss",
+            "lr-min": 1e-4,
+            "lr-max": 1e-2,
+            "batch-min": 8,
+            "batch-max": 64,
+        }
+    )
+    settings = GeneticSettings.from_config(config)
+    assert (settings.elite, settings.migration, settings.fitness) == (3, 0.25, "loss")
+    assert (settings.dbscan_eps, settings.dbscan_min_samples, settings.recluster_every) == (
+        0.2,
+        3,
+        2,
+    )
+    assert settings.space == SearchSpace(1e-4, 1e-2, 8, 64)
+    mutation = settings.mutation
+    assert (mutation.rule, mutation.scale, mutation.resample) == ("log", 0.2, 0.1)
+    assert (mutation.batch_step, mutation.crossover, mutation.space) == (
+        0.3,
+        "blend",
+        settings.space,
+    )
+    # The notebook's lr may drift past its range; gcfl's stays in the space.
+    assert mutation.bounded
+    assert not GeneticSettings.from_config(parse_run_config({"rules": "notebook"})).mutation.bounded
 
 
 def test_the_configuration_page_holds_the_table_the_config_generates():

@@ -20,7 +20,7 @@ from gcfl.config import parse_run_config
 from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, NodeInfo
 from gcfl.strategy.discovery import NoReplyError
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
-from gcfl.strategy.sampling import FederationSizeError, check_federation_size
+from gcfl.strategy.sampling import FederationSizeError
 
 OK = Status(code=Code.OK, message="")
 HOLDS = 100  # training examples each fake node says it holds
@@ -278,8 +278,14 @@ def test_no_federated_evaluation_at_fraction_evaluate_zero():
     ],
 )
 def test_too_small_federation_is_refused_at_start(overrides, nodes, named):
+    # Through the adapter's own start, as Flower calls it: the check is part of round 0.
+    manager = SimpleClientManager()
+    for partition in range(nodes):
+        manager.register(FakeNode(partition + 1, partition, nodes))
+    adapter = strategy(**overrides)
     with pytest.raises(FederationSizeError, match=named):
-        check_federation_size(parse_run_config(overrides), nodes)
+        adapter.initialize_parameters(manager)
+    assert adapter.coordinator is None  # nothing was set up for a run that cannot work
 
 
 def test_missing_supernodes_time_out_with_a_clear_error():

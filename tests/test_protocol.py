@@ -270,15 +270,29 @@ def _spellings(text: str, key: str) -> list[str]:
     return [line.strip() for line in text.splitlines() if re.search(pattern, line)]
 
 
-def test_protocol_module_defines_every_checked_key():
-    assert {LR, BATCH_SIZE, STATUS, CLIENT_ID, ROUND, SEARCH, VERSION, ACCURACY} <= {
-        value for value in vars(protocol).values() if isinstance(value, str)
+def test_every_key_a_message_carries_is_a_protocol_constant():
+    # The keys the types really emit, not the constants compared with themselves.
+    constants = {value for value in vars(protocol).values() if isinstance(value, str)}
+    constants |= set(protocol.LOSS_FIELDS.values())
+    emitted = set(FitInstruction(1, 1e-3, 32).to_config())
+    emitted |= set(FitInstruction(1, lr_grid=(1e-3, 1e-2), batch_grid=(16, 32)).to_config())
+    emitted |= set(FitReport(1, 1e-3, 32, "ok").to_metrics())
+    emitted |= set(EvaluateInstruction(1, 2, "local").to_config())
+    losses = {key for key in EvaluateReport(1, 0.4, 0.9, (0.4, 0.5)).to_metrics()}
+    emitted |= {key for key in losses if not key.startswith(protocol.CANDIDATE_LOSS)}
+    emitted |= set(NodeInfo(0, 2, 10).to_properties())
+    assert emitted <= constants, emitted - constants
+    assert {key for key in losses if key.startswith(protocol.CANDIDATE_LOSS)} == {
+        f"{protocol.CANDIDATE_LOSS}0",
+        f"{protocol.CANDIDATE_LOSS}1",
     }
 
 
 def test_no_protocol_key_is_spelled_outside_the_protocol_module():
+    # Every module that builds or reads a client's message.
     sources = sorted((ROOT / "gcfl" / "strategy").glob("*.py"))
-    sources += [ROOT / "gcfl" / "client" / "client.py", ROOT / "gcfl" / "client" / "worker.py"]
+    sources += sorted((ROOT / "gcfl" / "client").glob("*.py"))
+    sources += [ROOT / "gcfl" / "testing" / "hostile.py", ROOT / "gcfl" / "server" / "grid.py"]
     found = []
     for path in sources:
         name = path.relative_to(ROOT).as_posix()

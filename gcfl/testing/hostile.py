@@ -25,6 +25,7 @@ from gcfl.client.client_app import with_deadline
 from gcfl.config import GcflConfig, config_of
 from gcfl.data import ClientData, load_dataset
 from gcfl.protocol import (
+    ACCURACY,
     BATCH_SIZE,
     LOSS_FIELDS,
     LR,
@@ -216,7 +217,7 @@ class HostileClient(GcflClient):
     def evaluate(self, parameters: NDArrays, config: Config) -> tuple[float, int, dict]:
         loss, count, metrics = super().evaluate(parameters, config)
         if self.case.endswith("metrics"):
-            return math.nan, count, {**metrics, "accuracy": 5.0}
+            return math.nan, count, {**metrics, ACCURACY: 5.0}
         if self.case.endswith("examples"):
             return loss, 0 if self.case.startswith("zero") else -5, metrics
         return loss, count, metrics
