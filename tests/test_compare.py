@@ -402,12 +402,12 @@ def test_compare_package_imports_nothing_from_the_cli():
                 assert all(not a.name.startswith("gcfl.cli") for a in node.names), source
 
 
-def test_progress_parsing_lives_in_the_simulation_package():
-    import gcfl.cli
+def test_progress_parsing_is_the_servers_one_everywhere():
+    import gcfl.cli.common
     import gcfl.compare.runner
     from gcfl.server.progress import parse_progress_line
 
-    assert gcfl.cli.parse_progress_line is parse_progress_line
+    assert gcfl.cli.common.parse_progress_line is parse_progress_line
     assert gcfl.compare.runner.parse_progress_line is parse_progress_line
 
 

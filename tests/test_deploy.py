@@ -77,7 +77,7 @@ def supernode_args(service: dict, monkeypatch) -> tuple[str, argparse.Namespace,
     started = []
     monkeypatch.setattr(
         "gcfl.deploy.node.run_node",
-        lambda socket, supernode: started.append((socket, supernode)) or 0,
+        lambda socket, supernode, policy: started.append((socket, supernode)) or 0,
     )
     assert main(command[1:]) == 0 and len(started) == 1
     worker_socket, supernode = started[0]

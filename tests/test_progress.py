@@ -107,7 +107,7 @@ def test_a_malformed_prefix_before_a_good_event_does_not_hide_it():
 
 
 def test_the_cli_prints_one_line_per_event_with_federated_accuracy_when_run(capsys):
-    from gcfl.cli import _line_printer
+    from gcfl.cli.common import line_printer as _line_printer
 
     printer = _line_printer(verbose=False, total_rounds=10)
     printer("INFO :      fit progress: (3, 0.3, {'accuracy': 0.9, 'f1': 0.8}, 1.0)")

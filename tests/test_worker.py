@@ -534,7 +534,7 @@ def test_gcfl_node_passes_its_allow_list_to_the_worker(tmp_path, monkeypatch):
     assert main(["node", "--worker-socket", path, "--", *supernode]) == 0
     assert calls == [
         (path, supernode, WorkerPolicy(models=("a:b",))),
-        (path, supernode),  # as before: nothing beyond the built-ins
+        (path, supernode, WorkerPolicy()),  # nothing beyond the built-ins
     ]
     monkeypatch.undo()
 

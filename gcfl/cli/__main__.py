@@ -1,0 +1,7 @@
+"""``python -m gcfl.cli``: the ``gcfl`` command."""
+
+import sys
+
+from gcfl.cli import main
+
+sys.exit(main())
