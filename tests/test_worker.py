@@ -12,33 +12,30 @@ import time
 import numpy as np
 import pytest
 
-from gcfl.client import worker_protocol
 from gcfl.client.client import GcflClient
 from gcfl.client.client_app import WorkerBackedClient
-from gcfl.client.worker import (
-    PROTOCOL_VERSION,
-    WorkerFitError,
-    WorkerPolicy,
-    WorkerRefused,
-    WorkerTimeout,
-    WorkerUnavailable,
-    _bind,
-    fit_on_worker,
-    ping,
-    policy_from_args,
-    serve,
-)
-from gcfl.client.worker_protocol import (
+from gcfl.config import parse_run_config
+from gcfl.data import load_dataset
+from gcfl.model import build_model
+from gcfl.protocol import FitInstruction
+from gcfl.worker import framing as worker_protocol
+from gcfl.worker.client import fit_on_worker, ping
+from gcfl.worker.framing import (
     MAX_MESSAGE_BYTES,
     ProtocolError,
     encode_message,
     receive_message,
     send_message,
 )
-from gcfl.config import parse_run_config
-from gcfl.data import load_dataset
-from gcfl.model import build_model
-from gcfl.protocol import FitInstruction
+from gcfl.worker.messages import (
+    PROTOCOL_VERSION,
+    WorkerFitError,
+    WorkerRefused,
+    WorkerTimeout,
+    WorkerUnavailable,
+)
+from gcfl.worker.policy import WorkerPolicy, policy_from_args
+from gcfl.worker.server import _bind, serve
 
 RUN_CONFIG = {"local-epochs": 1, "num-server-rounds": 2}
 # Spelled by gcfl.protocol, so it carries the protocol version a client insists on.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import argparse
 
 from gcfl.cli.common import UsageError
-from gcfl.client.worker import add_policy_arguments
+from gcfl.worker import add_policy_arguments
 
 
 def check_node_command(worker_socket: str, supernode: list[str]) -> None:
@@ -20,8 +20,8 @@ def check_node_command(worker_socket: str, supernode: list[str]) -> None:
 
 
 def command_node(args: argparse.Namespace) -> int:
-    from gcfl.client.worker import policy_from_args
     from gcfl.deploy.node import run_node
+    from gcfl.worker import policy_from_args
 
     supernode = [part for part in args.supernode if part != "--"]
     if not supernode:

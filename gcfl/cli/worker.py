@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import argparse
 
-from gcfl.client.worker import add_policy_arguments
+from gcfl.worker import add_policy_arguments
 
 
 def command_worker(args: argparse.Namespace) -> int:
-    from gcfl.client.worker import main as worker_main
-    from gcfl.client.worker import policy_from_args
+    from gcfl.worker import policy_from_args
+    from gcfl.worker.server import main as worker_main
 
     return worker_main(["--socket", args.socket, *policy_from_args(args).to_args()])
 

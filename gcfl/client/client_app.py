@@ -1,7 +1,7 @@
 """The Flower ClientApp: one :class:`GcflClient` per message, keyed by the node's partition id.
 
 A node whose config names a ``worker-socket`` trains on its warm training
-worker (:mod:`gcfl.client.worker`) and falls back to training in this process,
+worker (:mod:`gcfl.worker`) and falls back to training in this process,
 with a warning, when the worker does not answer. A fit the worker refuses (a
 model or data outside its node's allow-list) fails with the worker's reason.
 """
@@ -18,9 +18,9 @@ from flwr.common.logger import log
 
 from gcfl.client.client import GcflClient
 from gcfl.client.deadline import DeadlineClient
-from gcfl.client.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
 from gcfl.config import ConfigError, GcflConfig, config_of
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
+from gcfl.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
 
 
 class WorkerBackedClient(GcflClient):

@@ -20,7 +20,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from gcfl.client.worker import WorkerPolicy
 from gcfl.deploy.credentials import create_node_keys, create_tls
 from gcfl.deploy.netns import NamespaceNetwork, address_plan, check_prerequisites
 from gcfl.deploy.register import RegistrationError, wait_for_health
@@ -50,6 +49,7 @@ from gcfl.processes import (
     write_run_config_toml,
 )
 from gcfl.server.results import prepare_run, read_results
+from gcfl.worker import WorkerPolicy
 
 STARTUP_TIMEOUT_S = 60.0
 

@@ -7,7 +7,7 @@ the same socket in its ``--node-config``. The SuperNode's exit code is the
 node's; SIGTERM (``docker stop``) stops both. A worker that fails to start or
 dies later does not stop the node: its ClientApps then train in-process, with
 a warning, and this says so in the node's log. The worker gets the node's
-allow-list (:class:`~gcfl.client.worker.WorkerPolicy`: ``--allow-model``,
+allow-list (:class:`~gcfl.worker.WorkerPolicy`: ``--allow-model``,
 ``--data-dir``, ``--allow-dataset``); by default it trains only gcfl's
 built-in model on built-in datasets.
 """
@@ -20,9 +20,9 @@ import subprocess
 import sys
 from collections.abc import Sequence
 
-from gcfl.client.worker import WorkerPolicy, wait_for_worker
 from gcfl.deploy.topology import SUPERNODE_ENVIRONMENT
 from gcfl.processes import stop_process_tree
+from gcfl.worker import WorkerPolicy, wait_for_worker
 
 WORKER_START_TIMEOUT_S = 120.0
 
@@ -45,7 +45,7 @@ def run_node(
         [
             sys.executable,
             "-m",
-            "gcfl.client.worker",
+            "gcfl.worker.server",
             "--socket",
             worker_socket,
             *(policy or WorkerPolicy()).to_args(),

@@ -22,7 +22,7 @@ import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
-from gcfl.client.worker import NODE_CONFIG_KEY
+from gcfl.worker import NODE_CONFIG_KEY
 
 # A SuperNode's SuperExec looks for new ClientApp tasks every second by
 # default, so every round waited half a second on average for it; Flower

@@ -24,7 +24,7 @@ mode 0600: the node's user and root). What a well-framed header *asks for* is
 the worker's business, not this module's: reading a message runs no code, but
 a fit request's run config names a model builder to import and data to read,
 and the worker trains it only if its node's allow-list allows it
-(:class:`gcfl.client.worker.WorkerPolicy`). This module only frames messages,
+(:class:`gcfl.worker.WorkerPolicy`). This module only frames messages,
 and imports neither Flower nor TensorFlow.
 """
 

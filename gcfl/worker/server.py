@@ -1,0 +1,330 @@
+"""The warm training worker itself: a threaded Unix-socket server that trains for its node.
+
+Run as ``gcfl worker --socket PATH`` (or ``python -m gcfl.worker.server``).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import logging
+import math
+import os
+import signal
+import socket
+import stat
+import threading
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID, ROUND
+from gcfl.worker.client import ping, time_left
+from gcfl.worker.framing import MessageTimeout, ProtocolError, receive_message, send_message
+from gcfl.worker.messages import (
+    BUSY_ERROR,
+    DEFAULT_FIT_WAIT_S,
+    MAX_CONNECTIONS,
+    PROTOCOL_VERSION,
+    REPLY_TIMEOUT_S,
+    REQUEST_TIMEOUT_S,
+    SHUTDOWN_TIMEOUT_S,
+)
+from gcfl.worker.policy import (
+    NotAllowed,
+    WorkerPolicy,
+    add_policy_arguments,
+    policy_from_args,
+)
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class _FitRequest:
+    partition_id: int
+    num_partitions: int
+    run_config: dict[str, Any]
+    fit_config: dict[str, Any]
+
+
+def _fit_request(header: Mapping[str, Any], policy: WorkerPolicy) -> _FitRequest:
+    """The request's fields, checked against ``policy`` before anything is imported or read."""
+    from gcfl.config import config_of
+
+    try:
+        request = _FitRequest(
+            int(header[PARTITION_ID]),
+            int(header[NUM_PARTITIONS]),
+            header["run-config"],
+            header["fit-config"],
+        )
+    except (KeyError, TypeError, ValueError) as error:
+        raise ProtocolError(f"fit request lacks or mangles {error}") from None
+    if not isinstance(request.run_config, dict) or not isinstance(request.fit_config, dict):
+        raise ProtocolError("fit request's 'run-config' and 'fit-config' must be JSON objects")
+    config_of(request.run_config)  # pure checks of every value; a ConfigError names the key
+    refusal = policy.check(request.run_config)
+    if refusal is not None:
+        raise NotAllowed(refusal)
+    return request
+
+
+def _fit(request: _FitRequest, parameters: list[np.ndarray]) -> tuple[dict[str, Any], list]:
+    from gcfl.client.client import GcflClient
+    from gcfl.config import config_of
+
+    partition_id, fit_config = request.partition_id, request.fit_config
+    started = time.perf_counter()
+    client = GcflClient(partition_id, request.num_partitions, config_of(request.run_config))
+    weights, num_examples, metrics = client.fit(parameters, fit_config)
+    log.info(
+        "trained partition %d, round %s, in %.2f s",
+        partition_id,
+        fit_config.get(ROUND, "?"),
+        time.perf_counter() - started,
+    )
+    return {"ok": True, "num-examples": num_examples, "metrics": metrics}, list(weights)
+
+
+# One Keras model and one set of process caches: fits must never overlap.
+_FIT_LOCK = threading.Lock()
+
+
+def _wait_s(header: Mapping[str, Any]) -> float:
+    value = header.get("deadline-s", DEFAULT_FIT_WAIT_S)
+    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
+        raise ProtocolError(f"fit request's 'deadline-s' must be seconds, got {value!r}")
+    if value <= 0:
+        raise TimeoutError("the request's deadline had passed when it arrived; not trained")
+    return float(value)
+
+
+def _fit_when_free(
+    header: Mapping[str, Any],
+    parameters: list[np.ndarray],
+    received_at: float,
+    policy: WorkerPolicy,
+) -> tuple[dict[str, Any], list]:
+    wait_s = _wait_s(header)
+    # Before the lock: a refused request neither waits for nor delays an honest fit.
+    request = _fit_request(header, policy)
+    if not _FIT_LOCK.acquire(timeout=max(0.0, received_at + wait_s - time.monotonic())):
+        raise TimeoutError(
+            f"another fit held the worker past this request's deadline of {wait_s:g} s; "
+            "not trained, as nobody waits for the result any more"
+        )
+    try:
+        return _fit(request, parameters)
+    finally:
+        _FIT_LOCK.release()
+
+
+def _error_reply(error: BaseException) -> dict[str, Any]:
+    return {"ok": False, "error": type(error).__name__, "message": str(error)}
+
+
+_DEFAULT_POLICY = WorkerPolicy()
+
+
+def _send_reply(connection: socket.socket, reply: dict[str, Any], weights: list) -> None:
+    try:
+        send_message(connection, reply, weights, timeout_s=REPLY_TIMEOUT_S, what="reply")
+    except (OSError, MessageTimeout) as error:
+        log.warning("could not send the reply (the ClientApp has gone?): %s", error)
+
+
+def handle(
+    connection: socket.socket,
+    *,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    policy: WorkerPolicy = _DEFAULT_POLICY,
+    on_reply_ready: Callable[[], None] | None = None,
+) -> None:
+    """Answer one request on ``connection``; every failure becomes an error reply.
+
+    The request must arrive whole within ``request_timeout_s``; a fit whose
+    run config ``policy`` allows then waits for the process's training lock,
+    at most until the request's deadline. ``on_reply_ready`` is called once
+    the reply is decided, before it is sent.
+    """
+    try:
+        header, arrays = receive_message(connection, timeout_s=request_timeout_s, what="request")
+        received_at = time.monotonic()
+        if header.get("version") != PROTOCOL_VERSION:
+            raise ProtocolError(
+                f"protocol version {header.get('version')!r}, this worker speaks "
+                f"{PROTOCOL_VERSION}: restart the worker with the node's gcfl"
+            )
+        method = header.get("method")
+        if method == "ping":
+            no_weights: list[np.ndarray] = []
+            reply, weights = {"ok": True, "pid": os.getpid()}, no_weights
+        elif method == "fit":
+            reply, weights = _fit_when_free(header, arrays, received_at, policy)
+        else:
+            raise ProtocolError(f"unknown method {method!r}; the worker knows 'fit' and 'ping'")
+    except Exception as error:  # the caller must hear of every failure
+        log.warning("request failed: %s: %s", type(error).__name__, error)
+        reply, weights = _error_reply(error), []
+    if on_reply_ready is not None:
+        on_reply_ready()
+    try:
+        _send_reply(connection, reply, weights)
+    except ProtocolError as error:  # a reply over the size cap: say so rather than go silent
+        log.warning("reply not sent: %s", error)
+        _send_reply(connection, _error_reply(error), [])
+
+
+def _bind(socket_path: Path) -> socket.socket:
+    try:
+        mode = socket_path.lstat().st_mode
+    except FileNotFoundError:
+        mode = None
+    if mode is not None:
+        # Only a socket can be a killed worker's leftover; anything else (a
+        # file, a folder, a symlink) is someone's data or a mistyped --socket.
+        if not stat.S_ISSOCK(mode):
+            raise RuntimeError(
+                f"{socket_path} exists and is not a Unix socket; not replacing it: "
+                "give --socket a free path"
+            )
+        if ping(str(socket_path), timeout_s=1.0):
+            raise RuntimeError(f"a training worker already answers at {socket_path}")
+        socket_path.unlink()  # left by a worker that was killed
+    socket_path.parent.mkdir(parents=True, exist_ok=True)
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(str(socket_path))
+    # Before listen(): until then a connect is refused, so no one else's gets in.
+    os.chmod(socket_path, 0o600)  # only the node's own user may ask for training
+    listener.listen(16)
+    return listener
+
+
+def _serve_connection(
+    connection: socket.socket,
+    slots: threading.BoundedSemaphore,
+    request_timeout_s: float,
+    policy: WorkerPolicy,
+) -> None:
+    released = False
+
+    def release() -> None:
+        nonlocal released
+        if not released:
+            released = True
+            slots.release()
+
+    try:
+        with connection:
+            # The slot is free before the reply leaves: a client that has read
+            # its reply and connects again at once must not be told "busy".
+            handle(
+                connection,
+                request_timeout_s=request_timeout_s,
+                policy=policy,
+                on_reply_ready=release,
+            )
+    finally:
+        release()
+
+
+def _refuse_busy(connection: socket.socket, max_connections: int) -> None:
+    log.warning("refused a connection: %d requests are being served already", max_connections)
+    with connection, contextlib.suppress(OSError, MessageTimeout):
+        # A fresh socket's buffer holds this small reply, so the accept
+        # loop does not wait on the peer.
+        send_message(
+            connection,
+            {
+                "ok": False,
+                "error": BUSY_ERROR,
+                "message": f"{max_connections} requests are being served already",
+            },
+            timeout_s=1.0,
+            what="reply",
+        )
+
+
+def serve(
+    socket_path: str | Path,
+    *,
+    max_requests: int | None = None,
+    request_timeout_s: float = REQUEST_TIMEOUT_S,
+    max_connections: int = MAX_CONNECTIONS,
+    policy: WorkerPolicy = _DEFAULT_POLICY,
+) -> None:
+    """Answer requests on ``socket_path`` until SIGTERM/SIGINT, one thread per connection.
+
+    At most ``max_connections`` are served at once (one more gets a busy
+    reply); each request must arrive within ``request_timeout_s``; a fit
+    whose run config ``policy`` refuses gets an error reply; fits run one at
+    a time. After ``max_requests`` connections it stops accepting and
+    waits up to ``SHUTDOWN_TIMEOUT_S`` for those still being served.
+    """
+    from gcfl.model import make_training_reproducible
+
+    make_training_reproducible()  # TensorFlow's import, paid before the first request
+    path = Path(socket_path)
+    listener = _bind(path)
+    log.info("training worker %d listening on %s", os.getpid(), path)
+    slots = threading.BoundedSemaphore(max_connections)
+    handlers: list[threading.Thread] = []
+    served = 0
+    try:
+        while max_requests is None or served < max_requests:
+            connection, _ = listener.accept()
+            served += 1
+            if not slots.acquire(blocking=False):
+                _refuse_busy(connection, max_connections)
+                continue
+            handler = threading.Thread(
+                target=_serve_connection,
+                args=(connection, slots, request_timeout_s, policy),
+                name=f"gcfl-worker-request-{served}",
+                daemon=True,  # a stalled peer must not keep the process from exiting
+            )
+            try:
+                handler.start()
+            except RuntimeError:  # no thread to be had: refuse, keep serving
+                slots.release()
+                _refuse_busy(connection, max_connections)
+                continue
+            handlers = [thread for thread in handlers if thread.is_alive()] + [handler]
+        shutdown = time.monotonic() + SHUTDOWN_TIMEOUT_S
+        for handler in handlers:
+            handler.join(timeout=max(0.0, time_left(shutdown)))
+    finally:
+        listener.close()
+        path.unlink(missing_ok=True)
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="gcfl worker", description=__doc__.splitlines()[0])
+    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
+    add_policy_arguments(parser)
+    args = parser.parse_args(argv)
+    policy = policy_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="gcfl worker: %(message)s")
+    signal.signal(signal.SIGTERM, _stop)
+    log.info(
+        "allowed beyond the built-ins: models %s, data-dirs %s, datasets %s",
+        list(policy.models) or "none",
+        list(policy.data_dirs) or "none",
+        list(policy.datasets) or "none",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.socket, policy=policy)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
