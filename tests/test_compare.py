@@ -22,6 +22,7 @@ from gcfl.compare.plan import (
     parse_strategies,
 )
 from gcfl.config import parse_run_config
+from gcfl.report.summary import write_summary
 from gcfl.report.tables import (
     client_evaluations,
     client_fits,
@@ -32,7 +33,6 @@ from gcfl.report.tables import (
     strategies_in,
     with_oracle,
     write_rounds_csv,
-    write_summary,
 )
 
 LRS = {"lr-min": 1e-5, "lr-max": 1e-1}  # the grid's range, whatever the defaults become

@@ -6,12 +6,12 @@ import math
 import pytest
 
 from gcfl.report.plots import write_plots
+from gcfl.report.summary import write_summary
 from gcfl.report.tables import (
     outcome_table,
     round_statistics,
     rounds_table,
     write_rounds_csv,
-    write_summary,
 )
 
 

@@ -223,7 +223,8 @@ def write_report(plan: ComparePlan, runs: Sequence[dict[str, Any]], command: str
     the tables, rounds.csv and plots hold fedavg-tuned as a strategy of its own.
     """
     from gcfl.report.plots import write_plots
-    from gcfl.report.tables import write_rounds_csv, write_summary
+    from gcfl.report.summary import write_summary
+    from gcfl.report.tables import write_rounds_csv
 
     reported = report_runs(plan, runs)
     results_path = plan.out_dir / "results.json"

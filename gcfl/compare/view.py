@@ -20,7 +20,8 @@ from rich.table import Table
 
 from gcfl.compare.plan import GRID_PREFIX, ComparePlan
 from gcfl.compare.runner import report_runs, reproduce_command, run_comparison, write_report
-from gcfl.report.tables import COST_NOTE, outcome_table, rounds_table
+from gcfl.report.summary import COST_NOTE
+from gcfl.report.tables import outcome_table, rounds_table
 
 
 @contextlib.contextmanager
