@@ -3,9 +3,9 @@
 import tomllib
 from pathlib import Path
 
+import numpy as np
 import pytest
 
-from gcfl import config as config_module
 from gcfl.config import (
     CONFIG_CACHE_SIZE,
     ConfigError,
@@ -16,6 +16,7 @@ from gcfl.config import (
     parse_run_config,
 )
 from gcfl.config_table import PAGE, run_config_table, with_table
+from gcfl.names import CROSSOVER_RULES, FITNESS_RULES, MUTATION_RULES
 from gcfl.strategy import fitness, genetic
 from gcfl.strategy.features import SearchSpace
 from gcfl.strategy.population import GeneticSettings
@@ -92,12 +93,30 @@ def test_partial_participation_rules_are_on_only_when_rounds_sample_a_fraction()
     assert notebook.crossover == "pick"
 
 
-def test_the_config_accepts_exactly_the_rules_the_algorithm_implements():
-    # config.py names them itself (it imports no algorithm module); a rule added on
-    # one side only would be refused by the parser or by Mutation at run time.
-    assert config_module.FITNESS_RULES == fitness.FITNESS_RULES
-    assert config_module.MUTATION_RULES == genetic.MUTATION_RULES
-    assert config_module.CROSSOVER_RULES == genetic.CROSSOVER_RULES
+@pytest.mark.parametrize("fitness_rule", FITNESS_RULES)
+def test_every_fitness_the_config_accepts_is_one_the_algorithm_scores(fitness_rule):
+    # One vocabulary (gcfl.names): a rule the parser accepts must run, not fail mid-run.
+    config = parse_run_config({"fitness": fitness_rule})
+    assert fitness.fitness_score(config.fitness, 1.0, 0.5, 1.0, 0.5) is not None
+
+
+@pytest.mark.parametrize("mutation_rule", MUTATION_RULES)
+@pytest.mark.parametrize("crossover_rule", CROSSOVER_RULES)
+def test_every_mutation_and_crossover_the_config_accepts_runs(mutation_rule, crossover_rule):
+    config = parse_run_config({"mutation": mutation_rule, "crossover": crossover_rule})
+    mutation = GeneticSettings.from_config(config).mutation
+    rng = np.random.default_rng(0)
+    pool = genetic.Cohort(
+        np.arange(2), np.array([1e-3, 1e-2]), np.array([16, 64]), np.zeros(2), np.ones(2, bool)
+    )
+    lrs, batches = genetic.breed(pool, np.zeros(3, np.int64), np.full(3, 2), mutation, rng)
+    assert len(lrs) == len(batches) == 3
+
+
+def test_a_rule_name_outside_the_vocabulary_is_refused_naming_the_key():
+    for key in ("fitness", "mutation", "crossover", "aggregate", "fitness-candidates"):
+        with pytest.raises(ConfigError, match=key):
+            parse_run_config({key: "nonsense"})
 
 
 def test_unknown_key_lists_the_valid_ones():

@@ -12,19 +12,9 @@ agree: the test suite compares them. The package: ``schema`` (the keys),
 """
 
 from gcfl.config.checks import (
-    AGGREGATE_RULES,
     AUTO,
     AUTO_RULE,
-    BUILTIN_DATASETS,
     BY_PARTICIPATION,
-    CANDIDATE_KINDS,
-    CROSSOVER_RULES,
-    FITNESS_RULES,
-    INITS,
-    MUTATION_RULES,
-    PARTITIONS,
-    RULE_PRESETS,
-    STRATEGIES,
     ConfigError,
     parse_float_list,
     parse_int_list,
@@ -39,6 +29,18 @@ from gcfl.config.parsing import (
 )
 from gcfl.config.presets import NOTEBOOK_RULES
 from gcfl.config.schema import GcflConfig
+from gcfl.names import (
+    AGGREGATE_RULES,
+    BUILTIN_DATASETS,
+    CANDIDATE_KINDS,
+    CROSSOVER_RULES,
+    FITNESS_RULES,
+    INITS,
+    MUTATION_RULES,
+    PARTITIONS,
+    RULE_PRESETS,
+    STRATEGIES,
+)
 
 __all__ = [
     "AGGREGATE_RULES",

@@ -7,19 +7,10 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+from gcfl.names import BUILTIN_DATASETS
+
 if TYPE_CHECKING:
     from gcfl.config.schema import GcflConfig
-
-STRATEGIES = ("gcfl", "fedavg")
-RULE_PRESETS = ("gcfl", "notebook")
-FITNESS_RULES = ("federated", "improvement", "val-improvement", "loss")
-MUTATION_RULES = ("log", "linear")
-CROSSOVER_RULES = ("pick", "blend")
-INITS = ("random", "search")
-AGGREGATE_RULES = ("mean", "guarded", "trimmed-mean", "median", "krum", "drop-harmful")
-CANDIDATE_KINDS = ("group", "leave-out")
-PARTITIONS = ("slices", "iid", "dirichlet")
-BUILTIN_DATASETS = ("digits", "mnist", "cifar10")
 
 
 class ConfigError(ValueError):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 from dataclasses import dataclass, field
 
+from gcfl import names
 from gcfl.config import checks
 from gcfl.config.checks import key_spec
 
@@ -15,7 +16,7 @@ class GcflConfig:
 
     strategy: str = field(
         default="gcfl",
-        metadata=key_spec("strategy", "gcfl or fedavg", checks.one_of(checks.STRATEGIES)),
+        metadata=key_spec("strategy", "gcfl or fedavg", checks.one_of(names.STRATEGIES)),
     )
     num_server_rounds: int = field(
         default=10,
@@ -64,7 +65,7 @@ class GcflConfig:
             "rules",
             "gcfl: the rule keys below as set; notebook: the seed notebook's rules, "
             "whatever the rule keys say",
-            checks.one_of(checks.RULE_PRESETS),
+            checks.one_of(names.RULE_PRESETS),
         ),
     )
     fitness: str = field(
@@ -76,7 +77,7 @@ class GcflConfig:
             "out of the aggregate; improvement: relative change of the client's loss on all its "
             "local data over its fit; val-improvement: the same on its validation split; loss: "
             "validation loss after the fit (notebook)",
-            checks.one_of(checks.FITNESS_RULES),
+            checks.one_of(names.FITNESS_RULES),
         ),
     )
     fitness_evaluators: int = field(
@@ -95,7 +96,7 @@ class GcflConfig:
             "fitness=federated: group (the round's start plus each cluster's mean update, "
             "against the start) or leave-out (the aggregate without each cluster, against the "
             "aggregate)",
-            checks.one_of(checks.CANDIDATE_KINDS),
+            checks.one_of(names.CANDIDATE_KINDS),
         ),
     )
     aggregate: str = field(
@@ -111,7 +112,7 @@ class GcflConfig:
             "coordinate; krum: the mean of the n - aggregate-byzantine updates nearest the "
             "others (Multi-Krum); drop-harmful (fitness=federated): without the clusters whose "
             "absence lowered the evaluators' loss",
-            checks.one_of(checks.AGGREGATE_RULES),
+            checks.one_of(names.AGGREGATE_RULES),
         ),
     )
     aggregate_agreement: float = field(
@@ -176,7 +177,7 @@ class GcflConfig:
             "pick: a child takes one parent's lr and the other's batch size (notebook); "
             "blend: each at a random point between the parents' values, on log scales; "
             "auto: blend when fraction-fit < 1, else pick",
-            checks.one_of((*checks.CROSSOVER_RULES, checks.AUTO_RULE)),
+            checks.one_of((*names.CROSSOVER_RULES, checks.AUTO_RULE)),
         ),
     )
     mutation: str = field(
@@ -184,7 +185,7 @@ class GcflConfig:
         metadata=key_spec(
             "mutation",
             "log: Gaussian step in log space; linear: lr times 1-m, 1 or 1+m (notebook)",
-            checks.one_of(checks.MUTATION_RULES),
+            checks.one_of(names.MUTATION_RULES),
         ),
     )
     mutation_scale: float = field(
@@ -252,7 +253,7 @@ class GcflConfig:
     )
     init: str = field(
         default="random",
-        metadata=key_spec("init", "random or search", checks.one_of(checks.INITS)),
+        metadata=key_spec("init", "random or search", checks.one_of(names.INITS)),
     )
     lr_grid: str = field(
         default="1e-1,1e-2,1e-3,1e-4,1e-5,1e-6",
@@ -330,9 +331,7 @@ class GcflConfig:
     )
     partition: str = field(
         default="slices",
-        metadata=key_spec(
-            "partition", "slices, iid or dirichlet", checks.one_of(checks.PARTITIONS)
-        ),
+        metadata=key_spec("partition", "slices, iid or dirichlet", checks.one_of(names.PARTITIONS)),
     )
     alpha: float = field(
         default=0.5, metadata=key_spec("alpha", "Dirichlet concentration", checks.positive)

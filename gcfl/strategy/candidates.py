@@ -25,6 +25,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gcfl.names import CANDIDATE_KINDS
+
 Weights = list[np.ndarray]
 Update = tuple[Sequence[np.ndarray], int]  # trained weights and their number of examples
 
@@ -72,9 +74,6 @@ def fitness_groups(
         )
         groups[nearest].append(client)
     return {label: tuple(sorted(members)) for label, members in sorted(groups.items())}
-
-
-CANDIDATE_KINDS = ("group", "leave-out")
 
 
 @dataclass(frozen=True)

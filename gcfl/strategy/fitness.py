@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-FITNESS_RULES = ("federated", "improvement", "val-improvement", "loss")
+from gcfl.names import FITNESS_RULES
 
 
 def relative_change(before: float | None, after: float | None) -> float | None:

@@ -14,10 +14,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from gcfl.names import CROSSOVER_RULES, MUTATION_RULES
 from gcfl.strategy.features import SearchSpace, from_units, hyperparameter_features
-
-MUTATION_RULES = ("log", "linear")
-CROSSOVER_RULES = ("pick", "blend")
 
 
 @dataclass(frozen=True)
