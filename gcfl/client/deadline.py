@@ -45,7 +45,7 @@ MIN_ADAPTIVE_S = 60.0
 # A process' first call (TensorFlow's import and tracing included) before it knows more.
 # An abandoned call counts as having taken its limit, so a process whose first calls are
 # legitimately slower lets the next ones run longer.
-FIRST_CALL_S = 120.0
+FIRST_CALL_S = 600.0
 
 
 class CallAbandoned(RuntimeError):
@@ -74,7 +74,7 @@ class CallTimes:
         """Seconds after which a call is abandoned.
 
         The round's timeout plus a second (the server has recorded the client
-        as timed-out by then), or, with ``factor`` > 0, sooner: two minutes for
+        as timed-out by then), or, with ``factor`` > 0, sooner: ten minutes for
         the process' first call, then ``2 x factor`` times its slowest call
         (an abandoned one counting as its limit), at least a minute. A hung
         call so frees its process about when the server's adaptive deadline

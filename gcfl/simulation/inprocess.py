@@ -42,7 +42,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.client.client_app import client_fn
-from gcfl.client.deadline import CallAbandoned
+from gcfl.client.deadline import CallAbandoned, DeadlineClient
 from gcfl.config import default_run_config, parse_run_config
 from gcfl.model import make_training_reproducible
 from gcfl.server.results import RESULTS_FILE
@@ -69,8 +69,13 @@ class InProcessNode(ClientProxy):
         the round's, which the clients before it would use up.
         """
         started = time.monotonic()
+        client = self.make_client(self.context)
+        if isinstance(client, DeadlineClient):
+            # One Keras model serves every client here: a call abandoned early would go on
+            # training it under the next client's fit. Only the round's timeout ends a call.
+            client.factor = 0.0
         try:
-            reply = question(self.make_client(self.context))
+            reply = question(client)
         except CallAbandoned as error:
             raise NoReplyError(self.node_id, "timed-out", str(error)) from None
         except Exception as error:
