@@ -25,9 +25,13 @@ def test_the_limit_adapts_to_what_the_process_knows_of_its_calls():
     assert times.limit(20.0, 3.0) == pytest.approx(21.0)  # the round's timeout, and a second
     assert times.limit(1800.0, 3.0) == pytest.approx(600.0)  # a first call: ten minutes
     times.record(2.0)
-    # A minute at least; then twice the server's multiple of the slowest call.
+    # A minute at least; then twice the server's multiple of the median call.
     assert times.limit(1800.0, 3.0) == pytest.approx(60.0)
-    times.record(30.0)
+    times.record(45.0)  # the first call's tracing: an outlier, not the typical call
+    times.record(3.0)
+    assert times.limit(1800.0, 3.0) == pytest.approx(60.0)
+    for _ in range(3):
+        times.record(30.0)
     assert times.limit(1800.0, 3.0) == pytest.approx(180.0)
     assert times.limit(100.0, 3.0) == pytest.approx(101.0)  # never past the round's timeout
     assert times.limit(1800.0, 0.0) == pytest.approx(1801.0)  # factor 0: fixed deadline only

@@ -38,7 +38,7 @@ Result = TypeVar("Result")
 # A call starts after its round did, so the round's timeout from its own start is past
 # the server's deadline: the server has recorded the client as timed-out by then.
 MARGIN_S = 1.0
-# The process' own adaptive limit: twice the server's multiple of the slowest call this
+# The process' own adaptive limit: twice the server's multiple of the median call this
 # process has served, and never under a minute (the server waits at least 30 s).
 HISTORY_FACTOR = 2.0
 MIN_ADAPTIVE_S = 60.0
@@ -46,6 +46,8 @@ MIN_ADAPTIVE_S = 60.0
 # An abandoned call counts as having taken its limit, so a process whose first calls are
 # legitimately slower lets the next ones run longer.
 FIRST_CALL_S = 600.0
+# The calls a process remembers (the most recent).
+KEPT_CALLS = 100
 
 
 class CallAbandoned(RuntimeError):
@@ -57,36 +59,41 @@ class CallTimes:
 
     Under simulation one process (a Ray actor) serves many clients, so after
     a few calls it knows what a call costs here; a deployed node's process
-    learns it from its own rounds.
+    learns it from its own rounds. The median, not the slowest: a process'
+    first call (TensorFlow's import and tracing) is an outlier that would
+    hold a hung call's process for minutes.
     """
 
     def __init__(self) -> None:
-        self.slowest = 0.0
-        self.calls = 0
+        self.durations: list[float] = []
         self._lock = threading.Lock()
+
+    @property
+    def calls(self) -> int:
+        return len(self.durations)
 
     def record(self, seconds: float) -> None:
         with self._lock:
-            self.slowest = max(self.slowest, seconds)
-            self.calls += 1
+            self.durations = [*self.durations[-(KEPT_CALLS - 1) :], seconds]
 
     def limit(self, round_timeout: float, factor: float) -> float:
         """Seconds after which a call is abandoned.
 
         The round's timeout plus a second (the server has recorded the client
         as timed-out by then), or, with ``factor`` > 0, sooner: ten minutes for
-        the process' first call, then ``2 x factor`` times its slowest call
-        (an abandoned one counting as its limit), at least a minute. A hung
-        call so frees its process about when the server's adaptive deadline
+        the process' first call, then ``2 x factor`` times its median call (an
+        abandoned one counting as its limit), at least a minute. A hung call so
+        frees its process about when the server's adaptive deadline
         (``round-deadline-factor``) gives up on it.
         """
         fixed = round_timeout + MARGIN_S
         with self._lock:
             if factor <= 0:
                 return fixed
-            if self.calls == 0:
+            if not self.durations:
                 return min(fixed, FIRST_CALL_S)
-            return min(fixed, max(MIN_ADAPTIVE_S, HISTORY_FACTOR * factor * self.slowest))
+            typical = float(sorted(self.durations)[len(self.durations) // 2])
+            return min(fixed, max(MIN_ADAPTIVE_S, HISTORY_FACTOR * factor * typical))
 
 
 # The process' call record: per-process by design, as the model and dataset caches are.
