@@ -283,6 +283,19 @@ def evaluate_config(server_round: int) -> dict[str, Scalar]:
 
 
 @dataclass(frozen=True)
+class PropertiesRequest:
+    """The server's question before round 1: describe yourself (the node's partition, its size)."""
+
+    def to_config(self) -> dict[str, Scalar]:
+        return {VERSION: PROTOCOL_VERSION}
+
+    @classmethod
+    def from_config(cls, config: Mapping[str, Any]) -> PropertiesRequest:
+        _check_version(config)
+        return cls()
+
+
+@dataclass(frozen=True)
 class NodeInfo:
     """A node's description of itself: which partition it holds and how many examples."""
 

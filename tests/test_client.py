@@ -31,6 +31,7 @@ from gcfl.protocol import (
     FitInstruction,
     FitReport,
     NodeInfo,
+    PropertiesRequest,
     ProtocolError,
     evaluate_config,
 )
@@ -304,9 +305,15 @@ def test_an_evaluate_request_of_another_protocol_version_is_refused():
         client.evaluate([], {"server-round": 1, "gcfl-protocol": 1})
 
 
+def test_a_properties_request_without_the_protocol_version_is_refused():
+    client, _ = digits_client()
+    with pytest.raises(ProtocolError, match="gcfl-protocol"):
+        client.get_properties({})
+
+
 def test_properties_say_how_many_examples_the_node_holds():
     client, _ = digits_client()
-    info = NodeInfo.from_properties(client.get_properties({}))
+    info = NodeInfo.from_properties(client.get_properties(PropertiesRequest().to_config()))
     data = client_data("digits", "", 42, "slices", 0.5, 2, 10, 0.2)
     assert (info.partition_id, info.num_partitions, info.num_examples) == (2, 10, len(data.x_train))
 
@@ -316,11 +323,13 @@ import sys
 from flwr.common import Context, GetPropertiesIns, RecordDict
 from gcfl.client.client_app import client_fn
 from gcfl.config import default_run_config
+from gcfl.protocol import PropertiesRequest
 
 for extra in ({}, {"worker-socket": "/nonexistent/gcfl-worker.sock"}):
     node_config = {"partition-id": 7, "num-partitions": 10, **extra}
     context = Context(1, 8, node_config, RecordDict(), default_run_config())
-    reply = client_fn(context).get_properties(GetPropertiesIns(config={}))
+    request = GetPropertiesIns(config=PropertiesRequest().to_config())
+    reply = client_fn(context).get_properties(request)
     assert reply.status.code.name == "OK", reply.status
     assert reply.properties["partition-id"] == 7, reply.properties
     assert reply.properties["num-partitions"] == 10, reply.properties

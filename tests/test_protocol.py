@@ -29,6 +29,7 @@ from gcfl.protocol import (
     FitInstruction,
     FitReport,
     NodeInfo,
+    PropertiesRequest,
     ProtocolError,
 )
 
@@ -281,6 +282,7 @@ def test_every_key_a_message_carries_is_a_protocol_constant():
     losses = {key for key in EvaluateReport(1, 0.4, 0.9, (0.4, 0.5)).to_metrics()}
     emitted |= {key for key in losses if not key.startswith(protocol.CANDIDATE_LOSS)}
     emitted |= set(NodeInfo(0, 2, 10).to_properties())
+    emitted |= set(PropertiesRequest().to_config())
     assert emitted <= constants, emitted - constants
     assert {key for key in losses if key.startswith(protocol.CANDIDATE_LOSS)} == {
         f"{protocol.CANDIDATE_LOSS}0",

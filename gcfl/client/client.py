@@ -15,6 +15,7 @@ from gcfl.protocol import (
     FitInstruction,
     FitReport,
     NodeInfo,
+    PropertiesRequest,
 )
 
 FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
@@ -53,6 +54,7 @@ class GcflClient(NumPyClient):
         )
 
     def get_properties(self, config: Config) -> dict[str, Scalar]:
+        PropertiesRequest.from_config(config)  # a server of another contract is refused
         info = NodeInfo(self.partition_id, self.num_partitions, len(self._data().x_train))
         return info.to_properties()
 

@@ -13,7 +13,7 @@ from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
-from gcfl.protocol import NodeInfo, ProtocolError
+from gcfl.protocol import NodeInfo, PropertiesRequest, ProtocolError
 from gcfl.strategy.coordinator import NoReply, StrategySetupError
 
 
@@ -110,7 +110,8 @@ def discover_partitions(client_manager: ClientManager, timeout: float) -> Federa
 
 def _probe(proxy: ClientProxy, timeout: float) -> NodeInfo | None:
     try:
-        res = proxy.get_properties(GetPropertiesIns(config={}), timeout=timeout, group_id=0)
+        request = GetPropertiesIns(config=PropertiesRequest().to_config())
+        res = proxy.get_properties(request, timeout=timeout, group_id=0)
         return NodeInfo.from_properties(res.properties)
     except ProtocolError as error:
         log(WARNING, "gcfl: node %s described itself wrongly: %s", proxy.cid, error)
