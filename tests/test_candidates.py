@@ -9,12 +9,12 @@ from gcfl.strategy.aggregation import weighted_average
 from gcfl.strategy.candidates import (
     MAX_PLAUSIBLE_LOSS,
     GroupJudgement,
+    candidates_for,
     client_scores,
     fitness_groups,
     group_contributions,
     harmful_groups,
     judgeable_groups,
-    leave_out_candidates,
     loss_problem,
     trimmed_mean,
 )
@@ -53,7 +53,7 @@ def _updates():
 def test_leave_out_candidates_are_the_aggregates_without_each_group():
     updates = _updates()
     groups = {0: (0, 1), 1: (2, 3), 2: (4, 5)}
-    candidates = leave_out_candidates(updates, groups)
+    candidates = candidates_for("leave-out", updates, groups, [])
     expected_all = weighted_average(list(updates.values()))
     np.testing.assert_allclose(candidates.aggregate[0], expected_all[0], rtol=1e-6)
     for label, members in groups.items():
@@ -67,7 +67,7 @@ def test_leave_out_candidates_are_the_aggregates_without_each_group():
 
 def test_leave_out_needs_two_groups():
     with pytest.raises(ValueError, match="two groups"):
-        leave_out_candidates(_updates(), {0: tuple(range(6))})
+        candidates_for("leave-out", _updates(), {0: tuple(range(6))}, [])
 
 
 def test_an_evaluator_never_judges_its_own_group():

@@ -138,8 +138,11 @@ class PromptGrid(Grid):
         """
         messages = list(messages)
         now = time.monotonic()
-        fixed = now + timeout if timeout is not None else self._deadline(messages, now)
-        groups = [] if timeout is not None else self._groups_of(messages)
+        groups: list[_Group] = []
+        if timeout is not None:
+            fixed = now + timeout
+        else:
+            fixed, groups = self._register(messages, now)
         waiting = set(self.push_messages(messages))
         replies: list[Message] = []
         deadline = fixed
@@ -155,17 +158,6 @@ class PromptGrid(Grid):
             _raise_unless_answered(messages[0], replies, deadline - now)
         return replies
 
-    def _groups_of(self, messages: list[Message]) -> list[_Group]:
-        with self._lock:
-            groups = []
-            for message in messages:
-                key = (message.metadata.group_id, message.metadata.message_type)
-                if key[0]:
-                    group = self._groups.setdefault(key, _Group(time.monotonic()))
-                    group.pushed += 1
-                    groups.append(group)
-            return groups
-
     def _adaptive(self, groups: list[_Group], fixed: float, answered: int) -> float:
         """The deadline now: the fixed one, or sooner once the round's quorum has replied."""
         if not groups:
@@ -178,16 +170,25 @@ class PromptGrid(Grid):
             adaptive = group.adaptive_deadline(self.deadline_factor, self.least_adaptive_s)
         return fixed if adaptive is None else min(fixed, adaptive)
 
-    def _deadline(self, messages: list[Message], now: float) -> float:
+    def _register(self, messages: list[Message], now: float) -> tuple[float, list[_Group]]:
+        """The messages' fixed deadline (their TTL from their round's first push) and, for
+        the adaptive one, the rounds they are counted in."""
         deadlines = []
+        groups = []
         with self._lock:  # Flower's server calls from a pool of threads
             for message in messages:
                 key = (message.metadata.group_id, message.metadata.message_type)
-                started = self._groups.setdefault(key, _Group(now)).started if key[0] else now
+                if key[0]:
+                    group = self._groups.setdefault(key, _Group(now))
+                    group.pushed += 1
+                    groups.append(group)
+                    started = group.started
+                else:
+                    started = now
                 deadlines.append(started + message.metadata.ttl)
             while len(self._groups) > MAX_GROUPS_KEPT:
                 self._groups.pop(next(iter(self._groups)))
-        return min(deadlines, default=now)
+        return min(deadlines, default=now), groups
 
     def __getattr__(self, name: str) -> Any:
         # Anything else a Grid implementation offers (Flower's own helpers use some).

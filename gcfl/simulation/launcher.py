@@ -87,8 +87,7 @@ def simulate(
     finally:
         if own_work_dir:
             shutil.rmtree(work, ignore_errors=True)
-    complete = _all_rounds_recorded(out_dir, config.num_server_rounds)
-    if outcome.stopped and complete:
+    if outcome.stopped and _all_rounds_recorded(out_dir, config.num_server_rounds):
         status = "finished:completed"  # the ServerApp finished; gcfl stopped what held the run
     if not status.startswith("finished:completed"):
         raise SimulationError(

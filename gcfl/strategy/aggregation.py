@@ -18,6 +18,13 @@ def _squared_norm(values: np.ndarray, minus: np.ndarray | None = None) -> float:
     return float(np.dot(flat, flat))
 
 
+def move_norm(update: Sequence[np.ndarray], reference: Sequence[np.ndarray]) -> float:
+    """``||update - reference||`` over every array, in float64."""
+    return math.sqrt(
+        sum(_squared_norm(new, old) for new, old in zip(update, reference, strict=True))
+    )
+
+
 def check_update(
     update: Sequence[np.ndarray], reference: Sequence[np.ndarray], max_update_norm: float | None
 ) -> tuple[str | None, float | None]:

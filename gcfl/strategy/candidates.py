@@ -161,13 +161,6 @@ def candidates_for(
     return Candidates(kind, _cast(totals, total_count, like), per_group, shares, list(start))
 
 
-def leave_out_candidates(
-    updates: Mapping[int, Update], groups: Mapping[int, Sequence[int]]
-) -> Candidates:
-    """:func:`candidates_for` of kind "leave-out"."""
-    return candidates_for("leave-out", updates, groups, [])
-
-
 def judgeable_groups(evaluator: int, groups: Mapping[int, Sequence[int]]) -> list[int]:
     """The groups whose leave-out ``evaluator`` may receive: all but its own."""
     return [label for label, members in groups.items() if evaluator not in members]

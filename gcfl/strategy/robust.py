@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 
 import numpy as np
@@ -13,6 +12,7 @@ from gcfl.strategy.aggregation import (
     agreement,
     clip_factors,
     krum_selection,
+    move_norm,
     robust_average,
     shortened,
     weighted_average,
@@ -46,7 +46,7 @@ def robust_aggregate(
             clients[cid].agreement = round(cosines[position], 4)
             clients[cid].left_out = position not in kept
         kept_updates = [updates[i] for i in kept]
-        factors = clip_factors([_move(w, global_weights) for w, _ in kept_updates], GUARD_CLIP)
+        factors = clip_factors([move_norm(w, global_weights) for w, _ in kept_updates], GUARD_CLIP)
         shortened_updates = [
             (shortened(w, global_weights, f), n)
             for (w, n), f in zip(kept_updates, factors, strict=True)
@@ -62,13 +62,3 @@ def robust_aggregate(
     for cid, share in zip(client_ids, shares, strict=True):
         clients[cid].outlier_share = round(share, 4)
     return merged, len(updates)
-
-
-def _move(update: Weights, reference: Weights) -> float:
-    """``||update - reference||``: one scale for every update of a round."""
-    return math.sqrt(
-        sum(
-            float(np.sum(np.square(np.asarray(u, np.float64) - np.asarray(r, np.float64))))
-            for u, r in zip(update, reference, strict=True)
-        )
-    )
