@@ -9,6 +9,8 @@ from typing import Literal
 # the round's deadline.
 Outcome = Literal["ok", "diverged", "refused", "failed", "timed-out"]
 OUTCOMES: tuple[Outcome, ...] = ("ok", "diverged", "refused", "failed", "timed-out")
+# The outcomes of a client that sent no usable reply.
+NoReplyOutcome = Literal["failed", "timed-out"]
 VERSION = "0.1.0"  # the package version, as pyproject.toml declares it
 
 # The run config's choices: config checks a key against these, the strategy implements them.

@@ -110,49 +110,59 @@ def _grid(text: Any, kind: type, key: str) -> tuple[Any, ...]:
 
 
 @dataclass(frozen=True)
-class FitInstruction:
-    """What the server asks of one client in one round: train with a pair, or search for one.
-
-    ``lr`` and ``batch_size`` are None for a search request (``init=search``):
-    the client then tries pairs from ``lr_grid`` x ``batch_grid`` and reports
-    the one it kept.
-    """
+class TrainInstruction:
+    """Train with the pair the server assigned: the usual fit of a round."""
 
     server_round: int
-    lr: float | None = None
-    batch_size: int | None = None
-    lr_grid: tuple[float, ...] = ()
-    batch_grid: tuple[int, ...] = ()
-
-    @property
-    def search(self) -> bool:
-        return self.lr is None
+    lr: float
+    batch_size: int
 
     def to_config(self) -> dict[str, Scalar]:
-        config: dict[str, Scalar] = {VERSION: PROTOCOL_VERSION, ROUND: self.server_round}
-        if self.search:
-            config[SEARCH] = True
-            config[LR_GRID] = ",".join(repr(float(lr)) for lr in self.lr_grid)
-            config[BATCH_GRID] = ",".join(str(int(b)) for b in self.batch_grid)
-        else:
-            config[LR] = float(self.lr)  # type: ignore[arg-type]
-            config[BATCH_SIZE] = int(self.batch_size)  # type: ignore[arg-type]
-        return config
+        return {
+            VERSION: PROTOCOL_VERSION,
+            ROUND: self.server_round,
+            LR: float(self.lr),
+            BATCH_SIZE: int(self.batch_size),
+        }
 
-    @classmethod
-    def from_config(cls, config: Mapping[str, Any]) -> FitInstruction:
-        _check_version(config)
-        server_round = _integer(config, ROUND)
-        if config.get(SEARCH, False) is True:
-            lr_grid = _grid(_get(config, LR_GRID), float, LR_GRID)
-            batch_grid = _grid(_get(config, BATCH_GRID), int, BATCH_GRID)
-            if not lr_grid or not batch_grid:
-                raise ProtocolError("a search request needs a non-empty lr-grid and batch-grid")
-            return cls(server_round, lr_grid=lr_grid, batch_grid=batch_grid)
-        lr, batch_size = _number(config, LR), _integer(config, BATCH_SIZE)
-        if not (math.isfinite(lr) and lr > 0) or batch_size < 1:
-            raise ProtocolError(f"lr {lr!r} and batch-size {batch_size!r} must be positive")
-        return cls(server_round, lr, batch_size)
+
+@dataclass(frozen=True)
+class SearchInstruction:
+    """Search for a pair (``init=search``): try pairs from ``lr_grid`` x ``batch_grid`` and
+    report the one kept."""
+
+    server_round: int
+    lr_grid: tuple[float, ...]
+    batch_grid: tuple[int, ...]
+
+    def to_config(self) -> dict[str, Scalar]:
+        return {
+            VERSION: PROTOCOL_VERSION,
+            ROUND: self.server_round,
+            SEARCH: True,
+            LR_GRID: ",".join(repr(float(lr)) for lr in self.lr_grid),
+            BATCH_GRID: ",".join(str(int(b)) for b in self.batch_grid),
+        }
+
+
+# What the server asks of one client in one round: one of the two kinds.
+FitInstruction = TrainInstruction | SearchInstruction
+
+
+def fit_instruction_from_config(config: Mapping[str, Any]) -> FitInstruction:
+    """The fit instruction in a fit config, of the kind its ``search`` key names."""
+    _check_version(config)
+    server_round = _integer(config, ROUND)
+    if config.get(SEARCH, False) is True:
+        lr_grid = _grid(_get(config, LR_GRID), float, LR_GRID)
+        batch_grid = _grid(_get(config, BATCH_GRID), int, BATCH_GRID)
+        if not lr_grid or not batch_grid:
+            raise ProtocolError("a search request needs a non-empty lr-grid and batch-grid")
+        return SearchInstruction(server_round, lr_grid, batch_grid)
+    lr, batch_size = _number(config, LR), _integer(config, BATCH_SIZE)
+    if not (math.isfinite(lr) and lr > 0) or batch_size < 1:
+        raise ProtocolError(f"lr {lr!r} and batch-size {batch_size!r} must be positive")
+    return TrainInstruction(server_round, lr, batch_size)
 
 
 @dataclass(frozen=True)

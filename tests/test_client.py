@@ -28,11 +28,12 @@ from gcfl.processes import tool_environment
 from gcfl.protocol import (
     EvaluateInstruction,
     EvaluateReport,
-    FitInstruction,
     FitReport,
     NodeInfo,
     PropertiesRequest,
     ProtocolError,
+    SearchInstruction,
+    TrainInstruction,
     evaluate_config,
 )
 
@@ -223,7 +224,7 @@ def test_fit_reports_what_it_trained_with():
     client, _ = digits_client()
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
-    instruction = FitInstruction(server_round=1, lr=4e-4, batch_size=24)
+    instruction = TrainInstruction(server_round=1, lr=4e-4, batch_size=24)
     weights, count, metrics = client.fit(start, instruction.to_config())
     report = FitReport.from_metrics(metrics)
     assert report.client_id == 2 and report.status == "ok"
@@ -239,7 +240,7 @@ def test_diverged_fit_returns_no_weights():
     client, _ = digits_client()
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
-    instruction = FitInstruction(server_round=1, lr=50.0, batch_size=16)
+    instruction = TrainInstruction(server_round=1, lr=50.0, batch_size=16)
     weights, count, metrics = client.fit(start, instruction.to_config())
     assert FitReport.from_metrics(metrics).status == "diverged"
     assert (weights, count) == ([], 0)
@@ -250,7 +251,7 @@ def test_search_init_keeps_the_best_pair_of_the_grids_the_server_sent():
     dataset = load_dataset("digits", "", 42)
     start = build_model("", dataset.input_shape, dataset.num_classes, seed=1).get_weights()
     # Grids other than the run config's: the client searches what it was sent.
-    grids = FitInstruction(1, lr_grid=(3e-3, 2e-3, 5e-4, 7e-4), batch_grid=(20, 40))
+    grids = SearchInstruction(1, lr_grid=(3e-3, 2e-3, 5e-4, 7e-4), batch_grid=(20, 40))
     _, _, metrics = client.fit(start, grids.to_config())
     report = FitReport.from_metrics(metrics)
     assert any(math.isclose(report.lr, lr, rel_tol=1e-6) for lr in grids.lr_grid)

@@ -7,7 +7,15 @@ import numpy as np
 import pytest
 
 from gcfl.config import parse_run_config
-from gcfl.protocol import BATCH_SIZE, LOSS_FIELDS, LR, EvaluateReport, FitInstruction, FitReport
+from gcfl.protocol import (
+    BATCH_SIZE,
+    LOSS_FIELDS,
+    LR,
+    EvaluateReport,
+    FitInstruction,
+    FitReport,
+    SearchInstruction,
+)
 from gcfl.strategy.coordinator import Coordinator, FitReply, NoReply
 
 GLOBAL = [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
@@ -21,7 +29,7 @@ def _coordinator(**settings) -> Coordinator:
 
 
 def _pair(instruction: FitInstruction) -> tuple[float, int]:
-    if instruction.search:
+    if isinstance(instruction, SearchInstruction):
         return instruction.lr_grid[1], instruction.batch_grid[1]
     return instruction.lr, instruction.batch_size
 
@@ -110,7 +118,7 @@ def test_search_round_with_nan_missing_and_late_replies_settles_everyone_inside_
         }
 
     instructions, new = _round(coordinator, 1, replace=broken)
-    assert all(ins.search for ins in instructions.values())
+    assert all(isinstance(ins, SearchInstruction) for ins in instructions.values())
     assert new is not None
     assert {c.id: c.status for c in coordinator.round.clients if c.id < 3} == {
         0: "refused",
@@ -122,7 +130,9 @@ def test_search_round_with_nan_missing_and_late_replies_settles_everyone_inside_
     for cid in (1, 2):  # they neither trained nor evolved: their pair is a fresh draw
         assert coordinator.policy.assignment(cid).lr not in grid
     coordinator.close_round(None, None)
-    assert not any(ins.search for ins in coordinator.start_fit(2, new).values())
+    assert not any(
+        isinstance(ins, SearchInstruction) for ins in coordinator.start_fit(2, new).values()
+    )
 
 
 def test_fewer_accepted_updates_than_min_fit_clients_fails_the_round():

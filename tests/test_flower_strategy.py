@@ -17,7 +17,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.config import parse_run_config
-from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, NodeInfo
+from gcfl.protocol import EvaluateReport, FitReport, NodeInfo, fit_instruction_from_config
 from gcfl.strategy.discovery import NoReplyError
 from gcfl.strategy.flower_strategy import GeneticClusteredFedAvg, StrategySetupError
 from gcfl.strategy.sampling import FederationSizeError
@@ -83,7 +83,7 @@ def start(overrides=None, nodes=6, seed=0, records=None):
 
 def fit_res(proxy, partition_id, ins, value=1.0, loss_before=2.0, **metric_overrides):
     """An honest reply to ``ins`` (the pair it was sent), with ``metric_overrides`` applied."""
-    instruction = FitInstruction.from_config(ins.config)
+    instruction = fit_instruction_from_config(ins.config)
     report = FitReport(
         client_id=partition_id,
         lr=instruction.lr,

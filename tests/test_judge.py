@@ -12,8 +12,9 @@ from gcfl.protocol import (
     LR,
     STATUS,
     EvaluateReport,
-    FitInstruction,
     FitReport,
+    SearchInstruction,
+    TrainInstruction,
 )
 from gcfl.strategy.genetic import Hyperparameters
 from gcfl.strategy.judge import (
@@ -26,9 +27,9 @@ from gcfl.strategy.judge import (
 
 GLOBAL = [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
 LR_ASSIGNED, BATCH_ASSIGNED, CID, CAPACITY, MAX_NORM = 0.0123456789, 32, 1, 50, 0.5
-ASSIGNED = FitInstruction(3, LR_ASSIGNED, BATCH_ASSIGNED)
+ASSIGNED = TrainInstruction(3, LR_ASSIGNED, BATCH_ASSIGNED)
 PAIR = Hyperparameters(LR_ASSIGNED, BATCH_ASSIGNED)
-SEARCH = FitInstruction(1, lr_grid=(0.1, 0.01, 0.001), batch_grid=(16, 32))
+SEARCH = SearchInstruction(1, lr_grid=(0.1, 0.01, 0.001), batch_grid=(16, 32))
 
 
 def _metrics(**changes) -> dict:

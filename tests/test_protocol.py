@@ -26,11 +26,13 @@ from gcfl.protocol import (
     VERSION,
     EvaluateInstruction,
     EvaluateReport,
-    FitInstruction,
     FitReport,
     NodeInfo,
     PropertiesRequest,
     ProtocolError,
+    SearchInstruction,
+    TrainInstruction,
+    fit_instruction_from_config,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -54,7 +56,7 @@ def _report(**changes) -> FitReport:
 
 
 def _config(**changes) -> dict:
-    return {**FitInstruction(4, 0.0123, 32).to_config(), **changes}
+    return {**TrainInstruction(4, 0.0123, 32).to_config(), **changes}
 
 
 def _metrics(**changes) -> dict:
@@ -75,16 +77,16 @@ def _without(message: dict, key: str) -> dict:
 
 # ---------------------------------------------------------------- round trips
 def test_fit_instruction_round_trips_through_its_config():
-    instruction = FitInstruction(4, 0.0123, 32)
-    assert FitInstruction.from_config(instruction.to_config()) == instruction
+    instruction = TrainInstruction(4, 0.0123, 32)
+    assert fit_instruction_from_config(instruction.to_config()) == instruction
 
 
 def test_search_instruction_carries_the_grids_and_round_trips_them():
-    instruction = FitInstruction(1, lr_grid=(0.1, 1e-3, 3.5e-5), batch_grid=(16, 64))
+    instruction = SearchInstruction(1, lr_grid=(0.1, 1e-3, 3.5e-5), batch_grid=(16, 64))
     config = instruction.to_config()
     assert config[SEARCH] is True and LR not in config and BATCH_SIZE not in config
-    back = FitInstruction.from_config(config)
-    assert back == instruction and back.search
+    back = fit_instruction_from_config(config)
+    assert back == instruction and isinstance(back, SearchInstruction)
 
 
 def test_fit_report_round_trips_through_its_metrics():
@@ -125,14 +127,14 @@ def test_infinite_loss_is_sent_as_nan():
 @pytest.mark.parametrize("key", [VERSION, ROUND, LR, BATCH_SIZE])
 def test_fit_instruction_missing_a_key_names_it(key):
     with _refused(key):
-        FitInstruction.from_config(_without(_config(), key))
+        fit_instruction_from_config(_without(_config(), key))
 
 
 @pytest.mark.parametrize("key", [LR_GRID, BATCH_GRID])
 def test_search_instruction_missing_a_grid_names_it(key):
-    config = FitInstruction(1, lr_grid=(0.1, 0.01), batch_grid=(16, 32)).to_config()
+    config = SearchInstruction(1, lr_grid=(0.1, 0.01), batch_grid=(16, 32)).to_config()
     with _refused(key):
-        FitInstruction.from_config(_without(config, key))
+        fit_instruction_from_config(_without(config, key))
 
 
 @pytest.mark.parametrize("key", list(_report().to_metrics()))
@@ -157,7 +159,7 @@ def test_node_info_missing_a_key_names_it(key):
 # ----------------------------------------------------------------- wrong types
 def test_str_lr_in_an_instruction_is_refused():
     with _refused(LR):
-        FitInstruction.from_config(_config(**{LR: "0.01"}))
+        fit_instruction_from_config(_config(**{LR: "0.01"}))
 
 
 def test_str_lr_in_a_report_is_refused():
@@ -167,7 +169,7 @@ def test_str_lr_in_a_report_is_refused():
 
 def test_float_batch_size_is_refused():
     with _refused(BATCH_SIZE):
-        FitInstruction.from_config(_config(**{BATCH_SIZE: 32.0}))
+        fit_instruction_from_config(_config(**{BATCH_SIZE: 32.0}))
     with _refused(BATCH_SIZE):
         FitReport.from_metrics(_metrics(**{BATCH_SIZE: 32.0}))
 
@@ -175,8 +177,8 @@ def test_float_batch_size_is_refused():
 @pytest.mark.parametrize(
     ("parse", "message", "key"),
     [
-        (FitInstruction.from_config, _config(), ROUND),
-        (FitInstruction.from_config, _config(), BATCH_SIZE),
+        (fit_instruction_from_config, _config(), ROUND),
+        (fit_instruction_from_config, _config(), BATCH_SIZE),
         (FitReport.from_metrics, _metrics(), CLIENT_ID),
         (FitReport.from_metrics, _metrics(), BATCH_SIZE),
         (NodeInfo.from_properties, _properties(), PARTITION_ID),
@@ -203,7 +205,7 @@ def test_non_numeric_evaluate_loss_is_refused():
 @pytest.mark.parametrize("version", [PROTOCOL_VERSION + 1, 0, "1", None])
 def test_wrong_protocol_version_is_refused_everywhere(version):
     for parse, message in [
-        (FitInstruction.from_config, _config()),
+        (fit_instruction_from_config, _config()),
         (FitReport.from_metrics, _metrics()),
         (NodeInfo.from_properties, _properties()),
         (lambda m: EvaluateReport.from_reply(0.4, m), EvaluateReport(3, 0.4, 0.9).to_metrics()),
@@ -222,19 +224,19 @@ def test_unknown_fit_status_is_refused(status):
 @pytest.mark.parametrize("lr", [0.0, -0.01, math.nan, math.inf])
 def test_instruction_with_a_non_positive_or_non_finite_lr_is_refused(lr):
     with _refused(LR):
-        FitInstruction.from_config(_config(**{LR: lr}))
+        fit_instruction_from_config(_config(**{LR: lr}))
 
 
 @pytest.mark.parametrize("batch_size", [0, -32])
 def test_instruction_with_a_non_positive_batch_size_is_refused(batch_size):
     with _refused(BATCH_SIZE):
-        FitInstruction.from_config(_config(**{BATCH_SIZE: batch_size}))
+        fit_instruction_from_config(_config(**{BATCH_SIZE: batch_size}))
 
 
 def test_search_instruction_with_a_garbage_grid_names_it():
-    config = FitInstruction(1, lr_grid=(0.1, 0.01), batch_grid=(16, 32)).to_config()
+    config = SearchInstruction(1, lr_grid=(0.1, 0.01), batch_grid=(16, 32)).to_config()
     with _refused(BATCH_GRID):
-        FitInstruction.from_config({**config, BATCH_GRID: "16,big"})
+        fit_instruction_from_config({**config, BATCH_GRID: "16,big"})
 
 
 # ----------------------------------------------------------------- node info
@@ -275,8 +277,8 @@ def test_every_key_a_message_carries_is_a_protocol_constant():
     # The keys the types really emit, not the constants compared with themselves.
     constants = {value for value in vars(protocol).values() if isinstance(value, str)}
     constants |= set(protocol.LOSS_FIELDS.values())
-    emitted = set(FitInstruction(1, 1e-3, 32).to_config())
-    emitted |= set(FitInstruction(1, lr_grid=(1e-3, 1e-2), batch_grid=(16, 32)).to_config())
+    emitted = set(TrainInstruction(1, 1e-3, 32).to_config())
+    emitted |= set(SearchInstruction(1, lr_grid=(1e-3, 1e-2), batch_grid=(16, 32)).to_config())
     emitted |= set(FitReport(1, 1e-3, 32, "ok").to_metrics())
     emitted |= set(EvaluateInstruction(1, 2, "local").to_config())
     losses = {key for key in EvaluateReport(1, 0.4, 0.9, (0.4, 0.5)).to_metrics()}

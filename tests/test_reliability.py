@@ -7,7 +7,7 @@ import pytest
 from flwr.common import ndarrays_to_parameters
 
 from gcfl.config import parse_run_config
-from gcfl.protocol import FitInstruction
+from gcfl.protocol import fit_instruction_from_config
 from gcfl.server.checkpoint import (
     CheckpointError,
     load_checkpoint,
@@ -84,9 +84,9 @@ def run_rounds(adapter, manager, rounds, start=1):
             sorted(
                 (
                     p.partition_id,
-                    FitInstruction.from_config(ins.config).server_round,
-                    FitInstruction.from_config(ins.config).lr,
-                    FitInstruction.from_config(ins.config).batch_size,
+                    fit_instruction_from_config(ins.config).server_round,
+                    fit_instruction_from_config(ins.config).lr,
+                    fit_instruction_from_config(ins.config).batch_size,
                 )
                 for p, ins in instructions
             )

@@ -17,7 +17,7 @@ from gcfl.client.client_app import WorkerBackedClient
 from gcfl.config import parse_run_config
 from gcfl.data import load_dataset
 from gcfl.model import build_model
-from gcfl.protocol import FitInstruction
+from gcfl.protocol import TrainInstruction
 from gcfl.worker import framing as worker_protocol
 from gcfl.worker.client import fit_on_worker, ping
 from gcfl.worker.framing import (
@@ -29,17 +29,22 @@ from gcfl.worker.framing import (
 )
 from gcfl.worker.messages import (
     PROTOCOL_VERSION,
+    Failed,
+    FitRequest,
+    Trained,
     WorkerFitError,
     WorkerRefused,
     WorkerTimeout,
     WorkerUnavailable,
+    parse_reply,
+    parse_request,
 )
 from gcfl.worker.policy import WorkerPolicy, policy_from_args
 from gcfl.worker.server import _bind, serve
 
 RUN_CONFIG = {"local-epochs": 1, "num-server-rounds": 2}
 # Spelled by gcfl.protocol, so it carries the protocol version a client insists on.
-FIT_CONFIG = FitInstruction(server_round=1, lr=1e-3, batch_size=16).to_config()
+FIT_CONFIG = TrainInstruction(server_round=1, lr=1e-3, batch_size=16).to_config()
 
 
 def _initial_weights(spec: str = "") -> list[np.ndarray]:
@@ -621,3 +626,49 @@ def test_gcfl_deploy_lets_its_workers_load_what_its_run_config_names(tmp_path):
     assert WorkerPolicy.for_run("", "", "digits") == WorkerPolicy()
     flags = policy.to_args()
     assert flags[flags.index("--allow-model") + 1] == "tests.tiny_model:build"
+
+
+def test_fit_requests_and_replies_round_trip_through_their_headers():
+    request = FitRequest(3, 5, dict(RUN_CONFIG), dict(FIT_CONFIG), 12.5)
+    assert parse_request(json.loads(json.dumps(request.to_header()))) == request
+    for reply in (Trained(40, {"val-loss": 0.5}), Failed("WorkerBusy", "8 requests")):
+        assert parse_reply(json.loads(json.dumps(reply.to_header()))) == reply
+
+
+@pytest.mark.parametrize(
+    ("change", "named"),
+    [
+        ({"partition-id": "0"}, "'partition-id' must be an integer"),
+        ({"num-partitions": None}, "'num-partitions' must be an integer"),
+        ({"fit-config": [1]}, "must be JSON objects"),
+        ({"deadline-s": float("inf")}, "'deadline-s' must be seconds"),
+    ],
+)
+def test_a_mangled_fit_request_is_refused_by_the_key_it_mangles(change, named):
+    with pytest.raises(ProtocolError, match=named):
+        parse_request({**FIT_HEADER, **change})
+
+
+def test_a_reply_from_a_worker_of_another_version_is_refused_not_read(tmp_path):
+    # A worker left running from another gcfl answers in its own words: the
+    # ClientApp says so, rather than read its metrics as if they were ours.
+    path, stop = str(tmp_path / "old.sock"), threading.Event()
+    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
+    listener.bind(path)
+    listener.listen(1)
+
+    def answer_in_another_version():
+        with listener:
+            connection, _ = listener.accept()
+            with connection:
+                receive_message(connection)
+                header = {**Trained(40, {}).to_header(), "version": PROTOCOL_VERSION + 1}
+                send_message(connection, header)
+                stop.wait(5)
+
+    threading.Thread(target=answer_in_another_version, daemon=True).start()
+    try:
+        with pytest.raises(WorkerFitError, match=f"version {PROTOCOL_VERSION + 1}"):
+            _fit_on_worker(path, _initial_weights(), partition_id=0)
+    finally:
+        stop.set()

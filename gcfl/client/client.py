@@ -12,10 +12,11 @@ from gcfl.protocol import (
     LOSS_FIELDS,
     EvaluateInstruction,
     EvaluateReport,
-    FitInstruction,
     FitReport,
     NodeInfo,
     PropertiesRequest,
+    SearchInstruction,
+    fit_instruction_from_config,
 )
 
 FAULT_STREAM = 4  # a seed stream of its own: injected faults never shift training draws
@@ -65,7 +66,7 @@ class GcflClient(NumPyClient):
         from gcfl.client.training import check_weight_shapes, fit_once, search_init
 
         cfg = self.config
-        instruction = FitInstruction.from_config(config)
+        instruction = fit_instruction_from_config(config)
         if cfg.fault_rate > 0:
             draw = np.random.default_rng(
                 [cfg.seed, FAULT_STREAM, instruction.server_round, self.partition_id]
@@ -84,7 +85,7 @@ class GcflClient(NumPyClient):
                 [cfg.seed, instruction.server_round, self.partition_id]
             ).generate_state(1)[0]
         )
-        if instruction.search:
+        if isinstance(instruction, SearchInstruction):
             outcome = search_init(
                 model,
                 parameters,
@@ -100,8 +101,8 @@ class GcflClient(NumPyClient):
                 model,
                 parameters,
                 data,
-                instruction.lr,  # type: ignore[arg-type]
-                instruction.batch_size,  # type: ignore[arg-type]
+                instruction.lr,
+                instruction.batch_size,
                 cfg.local_epochs,
                 cfg.diverge_factor,
                 fit_seed,
@@ -110,7 +111,7 @@ class GcflClient(NumPyClient):
             client_id=self.partition_id,
             lr=outcome.lr,
             batch_size=outcome.batch_size,
-            status=outcome.status,  # type: ignore[arg-type]
+            status=outcome.status,
             **{name: getattr(outcome, name) for name in LOSS_FIELDS},
         )
         if outcome.weights is None:

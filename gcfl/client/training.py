@@ -24,6 +24,7 @@ import tensorflow as tf
 
 from gcfl.data import ClientData
 from gcfl.model import optimizer_state, set_learning_rate
+from gcfl.protocol import FitStatus
 
 EVAL_BATCH_SIZE = 256
 
@@ -48,7 +49,7 @@ class FitOutcome:
     val_loss_before: float
     val_loss: float
     val_accuracy: float
-    status: str
+    status: FitStatus
     local_loss_before: float = math.nan
     local_loss_after: float = math.nan
 

@@ -67,8 +67,7 @@ def _raise_unless_answered(message: Message, replies: list[Message], waited: flo
         lines = [line for line in str(replies[0].error.reason).splitlines() if line.strip()]
         reason = (lines[-1] if lines else "error")[:MAX_REASON]
         # A ClientApp that gave up on its own call ran out of time, whatever the round's clock.
-        outcome = "timed-out" if ABANDONED_CALL in reason else "failed"
-        raise NoReplyError(node_id, outcome, reason)
+        raise NoReplyError(node_id, "timed-out" if ABANDONED_CALL in reason else "failed", reason)
 
 
 class PromptGrid(Grid):

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from gcfl.config import GcflConfig
-from gcfl.protocol import FitInstruction
+from gcfl.protocol import FitInstruction, SearchInstruction, TrainInstruction
 from gcfl.strategy.aggregation import (
     best_share,
     clip_factors,
@@ -115,12 +115,10 @@ class Coordinator(FederatedFitnessRound):
     def _instruction(self, server_round: int, client_id: int) -> FitInstruction:
         pair = self.policy.assignment(client_id)
         if pair is None:
-            return FitInstruction(
-                server_round,
-                lr_grid=self.config.search_lrs,
-                batch_grid=self.config.search_batch_sizes,
+            return SearchInstruction(
+                server_round, self.config.search_lrs, self.config.search_batch_sizes
             )
-        return FitInstruction(server_round, pair.lr, pair.batch_size)
+        return TrainInstruction(server_round, pair.lr, pair.batch_size)
 
     def judge(self, client_id: int, reply: FitReply | NoReply | None) -> FitVerdict:
         """The verdict on one sampled client's reply (None: it never answered)."""
@@ -128,7 +126,7 @@ class Coordinator(FederatedFitnessRound):
         if reply is None:
             return no_reply(instruction, "failed", "no reply")
         if isinstance(reply, NoReply):
-            return no_reply(instruction, reply.outcome, reply.reason)  # type: ignore[arg-type]
+            return no_reply(instruction, reply.outcome, reply.reason)
         return judge_fit(
             client_id,
             instruction,

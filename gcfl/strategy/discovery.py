@@ -13,6 +13,7 @@ from flwr.common.logger import log
 from flwr.server.client_manager import ClientManager
 from flwr.server.client_proxy import ClientProxy
 
+from gcfl.names import NoReplyOutcome
 from gcfl.protocol import NodeInfo, PropertiesRequest, ProtocolError
 from gcfl.strategy.coordinator import NoReply, StrategySetupError
 
@@ -20,7 +21,7 @@ from gcfl.strategy.coordinator import NoReply, StrategySetupError
 class NoReplyError(Exception):
     """A node's message got no usable reply: ``outcome`` is "timed-out" or "failed"."""
 
-    def __init__(self, node_id: int, outcome: str, reason: str) -> None:
+    def __init__(self, node_id: int, outcome: NoReplyOutcome, reason: str) -> None:
         super().__init__(f"node {node_id}: {outcome}: {reason}")
         self.node_id, self.outcome, self.reason = node_id, outcome, reason
 

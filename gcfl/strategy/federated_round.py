@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from gcfl.config import GcflConfig
+from gcfl.names import NoReplyOutcome
 from gcfl.protocol import EvaluateInstruction, FitInstruction
 from gcfl.strategy.aggregation import weighted_average
 from gcfl.strategy.candidates import (
@@ -39,7 +40,7 @@ Weights = list[np.ndarray]
 class NoReply:
     """A sampled client that sent no usable reply: ``outcome`` failed or timed-out."""
 
-    outcome: str
+    outcome: NoReplyOutcome
     reason: str
 
 

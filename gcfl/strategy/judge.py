@@ -20,7 +20,13 @@ from typing import Any
 import numpy as np
 
 from gcfl.names import Outcome
-from gcfl.protocol import EvaluateReport, FitInstruction, FitReport, ProtocolError
+from gcfl.protocol import (
+    EvaluateReport,
+    FitInstruction,
+    FitReport,
+    ProtocolError,
+    SearchInstruction,
+)
 from gcfl.strategy.aggregation import check_update
 from gcfl.strategy.candidates import loss_problem
 from gcfl.strategy.genetic import Hyperparameters
@@ -56,9 +62,9 @@ def no_reply(instruction: FitInstruction, outcome: Outcome, reason: str) -> FitV
 
 
 def _assigned(instruction: FitInstruction) -> Hyperparameters | None:
-    if instruction.search:
+    if isinstance(instruction, SearchInstruction):
         return None
-    return Hyperparameters(instruction.lr, instruction.batch_size)  # type: ignore[arg-type]
+    return Hyperparameters(instruction.lr, instruction.batch_size)
 
 
 def _grid_point(value: float, grid: Sequence[float]) -> float | None:
@@ -69,7 +75,7 @@ def _pair_problem(
     report: FitReport, instruction: FitInstruction
 ) -> tuple[Hyperparameters | None, str | None]:
     """The pair the client trained with, if it is one the server allowed; else the problem."""
-    if instruction.search:
+    if isinstance(instruction, SearchInstruction):
         lr = _grid_point(report.lr, instruction.lr_grid)
         if lr is None or report.batch_size not in instruction.batch_grid:
             return None, (
@@ -77,7 +83,6 @@ def _pair_problem(
                 "is not in the search grid sent"
             )
         return Hyperparameters(lr, report.batch_size), None
-    assert instruction.lr is not None
     if not math.isclose(report.lr, instruction.lr, rel_tol=LR_TOLERANCE):
         return None, f"reported lr {report.lr!r}, but was assigned {instruction.lr!r}"
     if report.batch_size != instruction.batch_size:

@@ -11,7 +11,7 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
-from gcfl.protocol import LOSS_FIELDS, FitInstruction
+from gcfl.protocol import LOSS_FIELDS, FitInstruction, TrainInstruction
 from gcfl.strategy.judge import FitVerdict
 
 
@@ -54,13 +54,14 @@ class ClientRecord:
 
     @classmethod
     def of(cls, client_id: int, instruction: FitInstruction, verdict: FitVerdict) -> ClientRecord:
+        assigned = instruction if isinstance(instruction, TrainInstruction) else None
         record = cls(
             id=client_id,
             status=verdict.outcome,
             lr=verdict.pair.lr if verdict.pair else None,
             batch_size=verdict.pair.batch_size if verdict.pair else None,
-            assigned_lr=instruction.lr,
-            assigned_batch_size=instruction.batch_size,
+            assigned_lr=assigned.lr if assigned else None,
+            assigned_batch_size=assigned.batch_size if assigned else None,
             reason=verdict.reason,
         )
         report = verdict.report

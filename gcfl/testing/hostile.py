@@ -33,6 +33,8 @@ from gcfl.protocol import (
     PARTITION_ID,
     STATUS,
     FitInstruction,
+    TrainInstruction,
+    fit_instruction_from_config,
 )
 
 ENV_VAR = "GCFL_HOSTILE"
@@ -69,12 +71,12 @@ def _out_of_space(reply: FitReply, *_: object) -> FitReply:
 
 def _claims_lr(reply: FitReply, instruction: FitInstruction, _: object) -> FitReply:
     # Inside the search space, just not what was assigned (nor a grid point).
-    lr = instruction.lr * 1.7 if instruction.lr else 0.0123
+    lr = instruction.lr * 1.7 if isinstance(instruction, TrainInstruction) else 0.0123
     return reply[0], reply[1], {**reply[2], LR: lr}
 
 
 def _claims_batch(reply: FitReply, instruction: FitInstruction, _: object) -> FitReply:
-    batch = instruction.batch_size + 1 if instruction.batch_size else 17
+    batch = instruction.batch_size + 1 if isinstance(instruction, TrainInstruction) else 17
     return reply[0], reply[1], {**reply[2], BATCH_SIZE: batch}
 
 
@@ -202,9 +204,9 @@ class HostileClient(GcflClient):
     def fit(self, parameters: NDArrays, config: Config) -> FitReply:
         if self.case in POISON:
             reply = super().fit(parameters, config)
-            server_round = FitInstruction.from_config(config).server_round
+            server_round = fit_instruction_from_config(config).server_round
             return POISON[self.case](reply, parameters, self, server_round)
-        instruction = FitInstruction.from_config(config)
+        instruction = fit_instruction_from_config(config)
         if self.case == "raises":
             return _raise((parameters, 0, {}), instruction, self)
         if self.case == "stall":

@@ -9,7 +9,6 @@ from typing import Any
 
 import numpy as np
 
-from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
 from gcfl.worker.framing import (
     MESSAGE_TIMEOUT_S,
     MessageTimeout,
@@ -21,12 +20,17 @@ from gcfl.worker.messages import (
     BUSY_ERROR,
     CONNECT_TIMEOUT_S,
     NOT_ALLOWED_ERROR,
-    PROTOCOL_VERSION,
+    Failed,
+    FitRequest,
     FitResult,
+    PingRequest,
+    Pong,
+    Trained,
     WorkerFitError,
     WorkerRefused,
     WorkerTimeout,
     WorkerUnavailable,
+    parse_reply,
 )
 
 
@@ -63,34 +67,32 @@ def fit_on_worker(
     """
     deadline = time.monotonic() + deadline_s
     replying = False
-    request = {
-        "version": PROTOCOL_VERSION,
-        "method": "fit",
-        PARTITION_ID: partition_id,
-        NUM_PARTITIONS: num_partitions,
-        "run-config": dict(run_config),
-        "fit-config": dict(fit_config),
-    }
     try:
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.settimeout(min(CONNECT_TIMEOUT_S, deadline_s))
             connection.connect(socket_path)
             # The worker drops the request if the training lock is not free
             # before then: nobody would read the reply any more.
-            request["deadline-s"] = time_left(deadline)
+            request = FitRequest(
+                partition_id,
+                num_partitions,
+                dict(run_config),
+                dict(fit_config),
+                time_left(deadline),
+            )
             try:
                 send_message(
                     connection,
-                    request,
+                    request.to_header(),
                     parameters,
                     timeout_s=min(MESSAGE_TIMEOUT_S, time_left(deadline)),
                     what="request",
                 )
             except (BrokenPipeError, ConnectionResetError) as send_error:
-                reply, weights = _reply_left_before_close(connection, send_error)
+                header, weights = _reply_left_before_close(connection, send_error)
             else:
                 replying = True
-                reply, weights = receive_message(
+                header, weights = receive_message(
                     connection, timeout_s=time_left(deadline), what="reply"
                 )
     except (OSError, ProtocolError) as error:
@@ -101,18 +103,23 @@ def fit_on_worker(
                 "instead, which would only answer later still"
             ) from None
         raise WorkerUnavailable(f"no training worker answered at {socket_path}: {error}") from None
-    if reply.get("error") == BUSY_ERROR:
-        raise WorkerUnavailable(f"the training worker at {socket_path} is busy: {reply['message']}")
-    if reply.get("error") == NOT_ALLOWED_ERROR:
+    try:
+        reply = parse_reply(header)
+    except ProtocolError as error:
+        raise WorkerFitError(f"the training worker at {socket_path}: {error}") from None
+    if isinstance(reply, Failed) and reply.error == BUSY_ERROR:
+        raise WorkerUnavailable(f"the training worker at {socket_path} is busy: {reply.message}")
+    if isinstance(reply, Failed) and reply.error == NOT_ALLOWED_ERROR:
         raise WorkerRefused(
-            f"the training worker at {socket_path} refused the fit: {reply.get('message', '')}"
+            f"the training worker at {socket_path} refused the fit: {reply.message}"
         )
-    if not reply.get("ok"):
+    if isinstance(reply, Failed):
         raise WorkerFitError(
-            f"the training worker at {socket_path} failed: "
-            f"{reply.get('error', 'Error')}: {reply.get('message', '')}"
+            f"the training worker at {socket_path} failed: {reply.error}: {reply.message}"
         )
-    return weights, int(reply["num-examples"]), dict(reply["metrics"])
+    if not isinstance(reply, Trained):
+        raise WorkerFitError(f"the training worker at {socket_path} answered a fit with {reply}")
+    return weights, reply.num_examples, reply.metrics
 
 
 def ping(socket_path: str, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
@@ -122,18 +129,14 @@ def ping(socket_path: str, timeout_s: float = CONNECT_TIMEOUT_S) -> bool:
             connection.settimeout(timeout_s)
             connection.connect(socket_path)
             try:
-                send_message(
-                    connection,
-                    {"version": PROTOCOL_VERSION, "method": "ping"},
-                    timeout_s=timeout_s,
-                )
+                send_message(connection, PingRequest().to_header(), timeout_s=timeout_s)
             except (BrokenPipeError, ConnectionResetError) as send_error:
-                reply, _ = _reply_left_before_close(connection, send_error)
+                header, _ = _reply_left_before_close(connection, send_error)
             else:
-                reply, _ = receive_message(connection, timeout_s=timeout_s, what="reply")
+                header, _ = receive_message(connection, timeout_s=timeout_s, what="reply")
+            return isinstance(parse_reply(header), Pong)
     except (OSError, ProtocolError):
         return False
-    return bool(reply.get("ok"))
 
 
 def wait_for_worker(socket_path: str, timeout_s: float) -> bool:

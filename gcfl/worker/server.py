@@ -8,31 +8,33 @@ from __future__ import annotations
 import argparse
 import contextlib
 import logging
-import math
 import os
 import signal
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 
-from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID, ROUND
+from gcfl.protocol import ROUND
 from gcfl.worker.client import ping, time_left
 from gcfl.worker.framing import MessageTimeout, ProtocolError, receive_message, send_message
 from gcfl.worker.messages import (
     BUSY_ERROR,
-    DEFAULT_FIT_WAIT_S,
     MAX_CONNECTIONS,
-    PROTOCOL_VERSION,
     REPLY_TIMEOUT_S,
     REQUEST_TIMEOUT_S,
     SHUTDOWN_TIMEOUT_S,
+    Failed,
+    FitRequest,
+    PingRequest,
+    Pong,
+    Reply,
+    Trained,
+    parse_request,
 )
 from gcfl.worker.policy import (
     NotAllowed,
@@ -44,37 +46,17 @@ from gcfl.worker.policy import (
 log = logging.getLogger(__name__)
 
 
-@dataclass(frozen=True)
-class _FitRequest:
-    partition_id: int
-    num_partitions: int
-    run_config: dict[str, Any]
-    fit_config: dict[str, Any]
-
-
-def _fit_request(header: Mapping[str, Any], policy: WorkerPolicy) -> _FitRequest:
-    """The request's fields, checked against ``policy`` before anything is imported or read."""
+def _check_fit_request(request: FitRequest, policy: WorkerPolicy) -> None:
+    """The request's run config, checked against ``policy`` before anything is imported or read."""
     from gcfl.config import config_of
 
-    try:
-        request = _FitRequest(
-            int(header[PARTITION_ID]),
-            int(header[NUM_PARTITIONS]),
-            header["run-config"],
-            header["fit-config"],
-        )
-    except (KeyError, TypeError, ValueError) as error:
-        raise ProtocolError(f"fit request lacks or mangles {error}") from None
-    if not isinstance(request.run_config, dict) or not isinstance(request.fit_config, dict):
-        raise ProtocolError("fit request's 'run-config' and 'fit-config' must be JSON objects")
     config_of(request.run_config)  # pure checks of every value; a ConfigError names the key
     refusal = policy.check(request.run_config)
     if refusal is not None:
         raise NotAllowed(refusal)
-    return request
 
 
-def _fit(request: _FitRequest, parameters: list[np.ndarray]) -> tuple[dict[str, Any], list]:
+def _fit(request: FitRequest, parameters: list[np.ndarray]) -> tuple[Trained, list]:
     from gcfl.client.client import GcflClient
     from gcfl.config import config_of
 
@@ -88,31 +70,24 @@ def _fit(request: _FitRequest, parameters: list[np.ndarray]) -> tuple[dict[str, 
         fit_config.get(ROUND, "?"),
         time.perf_counter() - started,
     )
-    return {"ok": True, "num-examples": num_examples, "metrics": metrics}, list(weights)
+    return Trained(num_examples, dict(metrics)), list(weights)
 
 
 # One Keras model and one set of process caches: fits must never overlap.
 _FIT_LOCK = threading.Lock()
 
 
-def _wait_s(header: Mapping[str, Any]) -> float:
-    value = header.get("deadline-s", DEFAULT_FIT_WAIT_S)
-    if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value):
-        raise ProtocolError(f"fit request's 'deadline-s' must be seconds, got {value!r}")
-    if value <= 0:
-        raise TimeoutError("the request's deadline had passed when it arrived; not trained")
-    return float(value)
-
-
 def _fit_when_free(
-    header: Mapping[str, Any],
+    request: FitRequest,
     parameters: list[np.ndarray],
     received_at: float,
     policy: WorkerPolicy,
-) -> tuple[dict[str, Any], list]:
-    wait_s = _wait_s(header)
+) -> tuple[Trained, list]:
+    if request.deadline_s <= 0:
+        raise TimeoutError("the request's deadline had passed when it arrived; not trained")
     # Before the lock: a refused request neither waits for nor delays an honest fit.
-    request = _fit_request(header, policy)
+    _check_fit_request(request, policy)
+    wait_s = request.deadline_s
     if not _FIT_LOCK.acquire(timeout=max(0.0, received_at + wait_s - time.monotonic())):
         raise TimeoutError(
             f"another fit held the worker past this request's deadline of {wait_s:g} s; "
@@ -124,16 +99,14 @@ def _fit_when_free(
         _FIT_LOCK.release()
 
 
-def _error_reply(error: BaseException) -> dict[str, Any]:
-    return {"ok": False, "error": type(error).__name__, "message": str(error)}
-
-
 _DEFAULT_POLICY = WorkerPolicy()
 
 
-def _send_reply(connection: socket.socket, reply: dict[str, Any], weights: list) -> None:
+def _send_reply(connection: socket.socket, reply: Reply, weights: list) -> None:
     try:
-        send_message(connection, reply, weights, timeout_s=REPLY_TIMEOUT_S, what="reply")
+        send_message(
+            connection, reply.to_header(), weights, timeout_s=REPLY_TIMEOUT_S, what="reply"
+        )
     except (OSError, MessageTimeout) as error:
         log.warning("could not send the reply (the ClientApp has gone?): %s", error)
 
@@ -152,32 +125,26 @@ def handle(
     at most until the request's deadline. ``on_reply_ready`` is called once
     the reply is decided, before it is sent.
     """
+    reply: Reply
+    weights: list[np.ndarray] = []
     try:
         header, arrays = receive_message(connection, timeout_s=request_timeout_s, what="request")
         received_at = time.monotonic()
-        if header.get("version") != PROTOCOL_VERSION:
-            raise ProtocolError(
-                f"protocol version {header.get('version')!r}, this worker speaks "
-                f"{PROTOCOL_VERSION}: restart the worker with the node's gcfl"
-            )
-        method = header.get("method")
-        if method == "ping":
-            no_weights: list[np.ndarray] = []
-            reply, weights = {"ok": True, "pid": os.getpid()}, no_weights
-        elif method == "fit":
-            reply, weights = _fit_when_free(header, arrays, received_at, policy)
+        request = parse_request(header)
+        if isinstance(request, PingRequest):
+            reply = Pong(os.getpid())
         else:
-            raise ProtocolError(f"unknown method {method!r}; the worker knows 'fit' and 'ping'")
+            reply, weights = _fit_when_free(request, arrays, received_at, policy)
     except Exception as error:  # the caller must hear of every failure
         log.warning("request failed: %s: %s", type(error).__name__, error)
-        reply, weights = _error_reply(error), []
+        reply, weights = Failed.of(error), []
     if on_reply_ready is not None:
         on_reply_ready()
     try:
         _send_reply(connection, reply, weights)
     except ProtocolError as error:  # a reply over the size cap: say so rather than go silent
         log.warning("reply not sent: %s", error)
-        _send_reply(connection, _error_reply(error), [])
+        _send_reply(connection, Failed.of(error), [])
 
 
 def _bind(socket_path: Path) -> socket.socket:
@@ -238,16 +205,8 @@ def _refuse_busy(connection: socket.socket, max_connections: int) -> None:
     with connection, contextlib.suppress(OSError, MessageTimeout):
         # A fresh socket's buffer holds this small reply, so the accept
         # loop does not wait on the peer.
-        send_message(
-            connection,
-            {
-                "ok": False,
-                "error": BUSY_ERROR,
-                "message": f"{max_connections} requests are being served already",
-            },
-            timeout_s=1.0,
-            what="reply",
-        )
+        busy = Failed(BUSY_ERROR, f"{max_connections} requests are being served already")
+        send_message(connection, busy.to_header(), timeout_s=1.0, what="reply")
 
 
 def serve(
