@@ -5,8 +5,7 @@ real strategy and the hostile suite's ClientApp code); one or two nodes send
 a sign flip or noise at the largest norm the server accepts, or train
 honestly on labels shifted by one class. Each run must end within 0.10 of the
 honest run's accuracy, and its results.json must show what the aggregate
-left out. Not in the table: two label flippers with random init, which
-`guarded` does not resist (docs/security.md). The default aggregate, the
+left out. The default aggregate, the
 mean, resists none of these; `guarded` costs honest accuracy on skewed data,
 so it is a choice for federations that may hold hostile nodes.
 """
@@ -25,7 +24,6 @@ CASES = [
     for init in ("random", "search")
     for case in ("sign-flip", "noise", "label-flip")
     for count in (1, 2)
-    if not (init == "random" and case == "label-flip" and count == 2)
 ]
 _honest: dict[str, dict] = {}
 
@@ -57,5 +55,9 @@ def test_poisoned_updates_cannot_steer_the_model(tmp_path, monkeypatch, init, ca
     seen = [c for r in aggregated for c in r["clients"] if c["id"] in hostile]
     # Accepted at the edge (well formed); the aggregate's record says how each agreed.
     assert seen and all(c["status"] == "ok" and c["agreement"] is not None for c in seen)
-    if case != "label-flip":
-        assert all(c["left_out"] for c in seen), seen
+    left_out = [c["left_out"] for c in seen]
+    if case == "label-flip":
+        # Early on, from a random model, honest moves agree little more than flipped ones.
+        assert sum(left_out) > len(left_out) / 2, seen
+    else:
+        assert all(left_out), seen

@@ -72,3 +72,23 @@ def test_a_minority_can_never_make_the_majority_fall_out():
     # Every update disagrees: the most agreeing majority is kept all the same.
     assert agreeing([-0.5, -0.1, -0.3, -0.2, -0.9], 0.5) == [1, 2, 3]
     assert agreeing([0.4, 0.5, 0.45, 0.05], 0.5) == [0, 1, 2]
+
+
+def test_two_colluders_trained_towards_another_task_do_not_vouch_for_each_other():
+    # Late in training honest moves share little (pairwise cosine ~0.2) while two nodes
+    # trained on the same flipped labels share a lot (~0.6) and nothing with the honest.
+    rng = np.random.default_rng(4)
+    honest_direction = [rng.normal(size=a.shape) for a in GLOBAL]
+    other_task = [rng.normal(size=a.shape) for a in GLOBAL]
+
+    def move(direction, noise):
+        return [(d + noise * rng.normal(size=d.shape)).astype(np.float32) for d in direction]
+
+    updates = [
+        *(move(honest_direction, 2.0) for _ in range(4)),
+        move(other_task, 0.8),
+        move(other_task, 0.8),
+    ]
+    cosines = agreement(updates, GLOBAL)
+    assert max(cosines[4:]) < 0.5 * min(cosines[:4])
+    assert agreeing(cosines, 0.5) == [0, 1, 2, 3]

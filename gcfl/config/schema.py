@@ -104,10 +104,9 @@ class GcflConfig:
         metadata=key_spec(
             "aggregate",
             "mean: every accepted update, weighted by examples (FedAvg's rule); guarded: "
-            "without the updates whose move agrees with the others' mean direction less than "
-            "aggregate-agreement x the round's median (never a majority), the rest shortened "
-            "to at most "
-            "twice their median move, then the mean; trimmed-mean: "
+            "without the updates whose move agrees with the others' (the median cosine, per "
+            "array) less than aggregate-agreement x the round's median (never a majority), the "
+            "rest shortened to at most twice their median move, then the mean; trimmed-mean: "
             "per coordinate, without the aggregate-trim share at each end; median: per "
             "coordinate; krum: the mean of the n - aggregate-byzantine updates nearest the "
             "others (Multi-Krum); drop-harmful (fitness=federated): without the clusters whose "
@@ -119,8 +118,9 @@ class GcflConfig:
         default=0.5,
         metadata=key_spec(
             "aggregate-agreement",
-            "aggregate=guarded: an update is kept when its cosine with the others' mean "
-            "direction is positive and at least this share of the round's median cosine",
+            "aggregate=guarded: an update is kept when its agreement (the median of its "
+            "cosines with the others' moves, averaged over the arrays) is positive and at "
+            "least this share of the round's median agreement",
             checks.fraction_closed_open,
         ),
     )

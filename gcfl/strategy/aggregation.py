@@ -222,36 +222,38 @@ def krum_selection(updates: Sequence[Sequence[np.ndarray]], byzantine: int, keep
 def agreement(
     updates: Sequence[Sequence[np.ndarray]], reference: Sequence[np.ndarray]
 ) -> list[float]:
-    """Each update's agreement with the others: per array, the cosine of its move with the
-    mean direction of the other updates' moves, averaged over the arrays.
+    """Each update's agreement with the others: per array, the median cosine of its move with
+    each other update's move, averaged over the arrays.
 
-    A move is ``update - reference`` (the global model), taken per array as a
-    unit vector so that a long move counts no more than a short one, and
+    A move is ``update - reference`` (the global model), per array, so that
     every array (a convolution's kernel, the classifier's bias) has one say:
     an update trained towards another task (labels flipped) differs most in
     the few weights of the classifier, which a cosine over all weights would
-    drown. Leaving the update itself out matters: in many dimensions any
-    vector agrees with a mean it is part of. A sign flip of an honest move
-    then scores below 0, random noise near 0, honest moves of one task above
-    0, as long as the honest are the majority. An array that did not move
-    scores 0.
+    drown. The median over the others, not their mean direction, is what
+    keeps colluders from vouching for each other: late in training honest
+    moves agree only weakly with one another (0.1-0.4), while two nodes
+    trained on the same flipped labels agree strongly (0.6), so one
+    colluder's move would dominate the mean direction the other is compared
+    with; the median of the cosines belongs to the honest as long as they
+    are the majority. A sign flip of an honest move then scores below 0,
+    random noise near 0, another task's moves near 0, honest moves of one
+    task above 0. An array that did not move scores 0.
     """
     count = len(updates)
     totals = np.zeros(count, dtype=np.float64)
     arrays = len(reference)
+    if count < 2:
+        return totals.tolist()
     for index in range(arrays):
         base = np.asarray(reference[index], np.float64).ravel()
-        units = []
-        for update in updates:
-            move = np.asarray(update[index], np.float64).ravel() - base
-            norm = float(np.linalg.norm(move))
-            units.append(move / norm if norm > 0 else move)
-        total = np.sum(units, axis=0)
-        for position, unit in enumerate(units):
-            others = total - unit
-            norm = float(np.linalg.norm(others))
-            if norm > 0 and unit.any():
-                totals[position] += float(unit @ others) / norm
+        units = np.stack([np.asarray(u[index], np.float64).ravel() - base for u in updates])
+        norms = np.linalg.norm(units, axis=1)
+        moved = norms > 0
+        units[moved] /= norms[moved, None]
+        cosines = units @ units.T
+        for position in range(count):
+            if moved[position]:
+                totals[position] += float(np.median(np.delete(cosines[position], position)))
     return (totals / max(arrays, 1)).tolist()
 
 
