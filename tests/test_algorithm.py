@@ -314,10 +314,10 @@ class TestPopulation:
         labels = pop.step(1, reports)
         assert 5 not in labels
         after = vars(pop.states[5])
-        assert (after["lr"], after["batch_size"], after["loss"]) == (
+        assert (after["lr"], after["batch_size"], after["val_loss"]) == (
             before["lr"],
             before["batch_size"],
-            before["loss"],
+            before["val_loss"],
         )
         assert after["status"] == "failed"
 
@@ -675,7 +675,7 @@ class TestPartialParticipation:
                 pop.states[cid].batch_size,
                 1.0 + score,
                 "ok",
-                loss_before=1.0,
+                val_loss_before=1.0,
                 local_loss_before=1.0,
                 local_loss_after=1.0 + score,
             )
@@ -825,3 +825,9 @@ class TestPartialParticipation:
         assert 0 < len(refreshed) < len(stale)
         for cid in set(stale) - refreshed:
             assert (pop.states[cid].lr, pop.states[cid].batch_size) == before[cid]
+
+
+def test_a_checkpoint_from_before_the_losses_took_the_protocols_names_still_loads():
+    old = {"3": {"lr": 1e-3, "batch_size": 32, "loss": 0.4, "status": "ok", "loss_before": 0.9}}
+    (state,) = states_from_dict(old).values()
+    assert (state.val_loss, state.val_loss_before) == (0.4, 0.9)

@@ -335,7 +335,7 @@ def _report(verdict: FitVerdict) -> Report:
         batch_size,
         _finite(report.val_loss) if verdict.outcome == "ok" else None,
         verdict.outcome,
-        loss_before=_finite(report.val_loss_before),
+        val_loss_before=_finite(report.val_loss_before),
         local_loss_before=_finite(report.local_loss_before),
         local_loss_after=_finite(report.local_loss_after),
     )

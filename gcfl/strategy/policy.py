@@ -31,16 +31,16 @@ class Report:
     ``batch_size`` are the pair the server assigned (or, for a search, the grid
     point it accepted); None when the server knows none, never a client's
     unchecked claim. Losses are None unless the reply was accepted.
-    ``loss_before`` is the client's validation loss of the global model it
-    received, ``loss`` that of its trained model; ``local_loss_before`` and
+    ``val_loss_before`` is the client's validation loss of the global model it
+    received, ``val_loss`` that of its trained model; ``local_loss_before`` and
     ``local_loss_after`` the same on all its local examples.
     """
 
     lr: float | None
     batch_size: int | None
-    loss: float | None
+    val_loss: float | None
     status: Status
-    loss_before: float | None = None
+    val_loss_before: float | None = None
     local_loss_before: float | None = None
     local_loss_after: float | None = None
 
@@ -51,10 +51,10 @@ class ClientState:
 
     lr: float | None
     batch_size: int | None
-    loss: float | None = None
+    val_loss: float | None = None
     status: str = "new"
     cluster: int | None = None
-    loss_before: float | None = None
+    val_loss_before: float | None = None
     local_loss_before: float | None = None
     local_loss_after: float | None = None
     score: float | None = None
@@ -102,8 +102,8 @@ def record_reports(
                 state.lr, state.batch_size = report.lr, report.batch_size
                 state.trained_lr, state.trained_batch_size = report.lr, report.batch_size
                 state.trained_round = server_round
-            state.loss = report.loss if report.status == "ok" else None
-            state.loss_before = report.loss_before
+            state.val_loss = report.val_loss if report.status == "ok" else None
+            state.val_loss_before = report.val_loss_before
             state.local_loss_before = report.local_loss_before
             state.local_loss_after = report.local_loss_after if report.status == "ok" else None
 
@@ -141,6 +141,13 @@ def states_to_dict(states: Mapping[int, ClientState]) -> dict[str, dict[str, Any
     return {str(cid): vars(state).copy() for cid, state in sorted(states.items())}
 
 
+# A checkpoint written before the states' losses took the protocol's names.
+_RENAMED = {"loss": "val_loss", "loss_before": "val_loss_before"}
+
+
 def states_from_dict(data: Mapping[str, Mapping[str, Any]]) -> dict[int, ClientState]:
     """The inverse of :func:`states_to_dict`."""
-    return {int(cid): ClientState(**fields) for cid, fields in data.items()}
+    return {
+        int(cid): ClientState(**{_RENAMED.get(k, k): v for k, v in fields.items()})
+        for cid, fields in data.items()
+    }

@@ -188,8 +188,8 @@ class GeneticPopulation:
         scores = {
             cid: fitness_score(
                 self.settings.fitness,
-                state.loss_before,
-                state.loss,
+                state.val_loss_before,
+                state.val_loss,
                 state.local_loss_before,
                 state.local_loss_after,
             )
