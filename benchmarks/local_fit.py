@@ -32,8 +32,9 @@ make_training_reproducible()
 import keras  # noqa: E402  (after make_training_reproducible, which must precede TF's first op)
 import tensorflow as tf  # noqa: E402
 
-from gcfl.client.training import evaluate_weights, fit_once  # noqa: E402
+from gcfl.client.training import fit_once  # noqa: E402
 from gcfl.data import ClientData, client_data, load_dataset  # noqa: E402
+from gcfl.model_steps import evaluate_weights  # noqa: E402
 
 
 class _FirstBatchLoss(keras.callbacks.Callback):

@@ -9,13 +9,7 @@ import numpy as np
 import pytest
 
 from gcfl.client.client import GcflClient
-from gcfl.client.training import (
-    compiled_steps,
-    divergence,
-    evaluate_weights,
-    fit_once,
-    search_init,
-)
+from gcfl.client.training import divergence, fit_once, search_init
 from gcfl.config import parse_run_config
 from gcfl.data import client_data, load_dataset
 from gcfl.model import (
@@ -24,6 +18,7 @@ from gcfl.model import (
     make_training_reproducible,
     reset_optimizer,
 )
+from gcfl.model_steps import compiled_steps, evaluate_weights
 from gcfl.processes import tool_environment
 from gcfl.protocol import (
     EvaluateInstruction,

@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from gcfl.client.client import GcflClient
-from gcfl.client.client_app import WorkerBackedClient
+from gcfl.client.client_app import WorkerBackedClient, train_for_worker
 from gcfl.config import parse_run_config
 from gcfl.data import load_dataset
 from gcfl.model import build_model
@@ -59,6 +59,7 @@ def _in_process(run_config, parameters, partition_id=1):
 
 def _serve_in_thread(path, **options):
     """A worker serving at ``path`` in a daemon thread of this process, once it answers."""
+    options.setdefault("train", train_for_worker)
     thread = threading.Thread(target=serve, args=(path,), kwargs=options, daemon=True)
     thread.start()
     # Generous: the first start imports TensorFlow, slow on a busy machine.
@@ -211,7 +212,7 @@ def test_client_falls_back_to_in_process_training_with_a_warning(tmp_path, caplo
 
 def test_a_second_worker_on_a_live_socket_is_refused(worker):
     with pytest.raises(RuntimeError, match="already answers"):
-        serve(worker, max_requests=0)
+        serve(worker, train=train_for_worker, max_requests=0)
 
 
 FIT_HEADER = {

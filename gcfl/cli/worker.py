@@ -3,15 +3,36 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import logging
+import signal
 
 from gcfl.worker import add_policy_arguments
 
+log = logging.getLogger("gcfl.worker.server")
+
+
+def _stop(signum: int, frame: object) -> None:
+    raise SystemExit(0)
+
 
 def command_worker(args: argparse.Namespace) -> int:
+    from gcfl.client.client_app import train_for_worker
     from gcfl.worker import policy_from_args
-    from gcfl.worker.server import main as worker_main
+    from gcfl.worker.server import serve
 
-    return worker_main(["--socket", args.socket, *policy_from_args(args).to_args()])
+    policy = policy_from_args(args)
+    logging.basicConfig(level=logging.INFO, format="gcfl worker: %(message)s")
+    signal.signal(signal.SIGTERM, _stop)
+    log.info(
+        "allowed beyond the built-ins: models %s, data-dirs %s, datasets %s",
+        list(policy.models) or "none",
+        list(policy.data_dirs) or "none",
+        list(policy.datasets) or "none",
+    )
+    with contextlib.suppress(KeyboardInterrupt):
+        serve(args.socket, train=train_for_worker, policy=policy)
+    return 0
 
 
 def register(commands: argparse._SubParsersAction) -> None:

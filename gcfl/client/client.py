@@ -130,7 +130,8 @@ class GcflClient(NumPyClient):
         from gcfl.model import cached_model, make_training_reproducible
 
         make_training_reproducible()
-        from gcfl.client.training import check_weight_shapes, evaluate_weights
+        from gcfl.client.training import check_weight_shapes
+        from gcfl.model_steps import evaluate_weights
 
         instruction = EvaluateInstruction.from_config(config)
         cfg = self.config

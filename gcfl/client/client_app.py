@@ -21,6 +21,16 @@ from gcfl.client.deadline import DeadlineClient
 from gcfl.config import ConfigError, GcflConfig, config_of
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
 from gcfl.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
+from gcfl.worker.messages import FitRequest
+
+
+def train_for_worker(
+    request: FitRequest, parameters: NDArrays
+) -> tuple[NDArrays, int, dict[str, Scalar]]:
+    """The node's training worker's fit: this ClientApp's fit, in the worker's process."""
+    config = config_of(request.run_config)
+    client = GcflClient(request.partition_id, request.num_partitions, config)
+    return client.fit(parameters, request.fit_config)
 
 
 class WorkerBackedClient(GcflClient):

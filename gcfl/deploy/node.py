@@ -45,7 +45,8 @@ def run_node(
         [
             sys.executable,
             "-m",
-            "gcfl.worker.server",
+            "gcfl.cli",
+            "worker",
             "--socket",
             worker_socket,
             *(policy or WorkerPolicy()).to_args(),

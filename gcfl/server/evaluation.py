@@ -46,7 +46,7 @@ class CentralEvaluator:
     def __call__(
         self, server_round: int, weights: NDArrays, config: dict[str, Scalar]
     ) -> tuple[float, dict[str, Scalar]]:
-        from gcfl.client.training import evaluate_weights
+        from gcfl.model_steps import evaluate_weights
 
         # The clients' compiled evaluation loop (256-example chunks, as Keras'
         # evaluate at this batch size), without Keras' per-call set-up: the

@@ -1,20 +1,20 @@
 """The warm training worker itself: a threaded Unix-socket server that trains for its node.
 
-Run as ``gcfl worker --socket PATH`` (or ``python -m gcfl.worker.server``).
+Run as ``gcfl worker --socket PATH`` (:mod:`gcfl.cli.worker`), which gives
+:func:`serve` the client's training as its ``train``: the worker is the
+transport, the lock and the deadlines, and imports no training code itself.
 """
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import logging
 import os
-import signal
 import socket
 import stat
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -30,6 +30,7 @@ from gcfl.worker.messages import (
     SHUTDOWN_TIMEOUT_S,
     Failed,
     FitRequest,
+    FitResult,
     PingRequest,
     Pong,
     Reply,
@@ -39,8 +40,6 @@ from gcfl.worker.messages import (
 from gcfl.worker.policy import (
     NotAllowed,
     WorkerPolicy,
-    add_policy_arguments,
-    policy_from_args,
 )
 
 log = logging.getLogger(__name__)
@@ -56,18 +55,18 @@ def _check_fit_request(request: FitRequest, policy: WorkerPolicy) -> None:
         raise NotAllowed(refusal)
 
 
-def _fit(request: FitRequest, parameters: list[np.ndarray]) -> tuple[Trained, list]:
-    from gcfl.client.client import GcflClient
-    from gcfl.config import config_of
+# What the worker runs for a fit request it accepted: the arrays trained, the
+# number of examples, the fit metrics (the ClientApp's own fit).
+Trainer = Callable[[FitRequest, list[np.ndarray]], FitResult]
 
-    partition_id, fit_config = request.partition_id, request.fit_config
+
+def _fit(request: FitRequest, parameters: list[np.ndarray], train: Trainer) -> tuple[Trained, list]:
     started = time.perf_counter()
-    client = GcflClient(partition_id, request.num_partitions, config_of(request.run_config))
-    weights, num_examples, metrics = client.fit(parameters, fit_config)
+    weights, num_examples, metrics = train(request, parameters)
     log.info(
         "trained partition %d, round %s, in %.2f s",
-        partition_id,
-        fit_config.get(ROUND, "?"),
+        request.partition_id,
+        request.fit_config.get(ROUND, "?"),
         time.perf_counter() - started,
     )
     return Trained(num_examples, dict(metrics)), list(weights)
@@ -82,6 +81,7 @@ def _fit_when_free(
     parameters: list[np.ndarray],
     received_at: float,
     policy: WorkerPolicy,
+    train: Trainer,
 ) -> tuple[Trained, list]:
     if request.deadline_s <= 0:
         raise TimeoutError("the request's deadline had passed when it arrived; not trained")
@@ -94,7 +94,7 @@ def _fit_when_free(
             "not trained, as nobody waits for the result any more"
         )
     try:
-        return _fit(request, parameters)
+        return _fit(request, parameters, train)
     finally:
         _FIT_LOCK.release()
 
@@ -114,6 +114,7 @@ def _send_reply(connection: socket.socket, reply: Reply, weights: list) -> None:
 def handle(
     connection: socket.socket,
     *,
+    train: Trainer,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     policy: WorkerPolicy = _DEFAULT_POLICY,
     on_reply_ready: Callable[[], None] | None = None,
@@ -134,7 +135,7 @@ def handle(
         if isinstance(request, PingRequest):
             reply = Pong(os.getpid())
         else:
-            reply, weights = _fit_when_free(request, arrays, received_at, policy)
+            reply, weights = _fit_when_free(request, arrays, received_at, policy, train)
     except Exception as error:  # the caller must hear of every failure
         log.warning("request failed: %s: %s", type(error).__name__, error)
         reply, weights = Failed.of(error), []
@@ -177,6 +178,7 @@ def _serve_connection(
     slots: threading.BoundedSemaphore,
     request_timeout_s: float,
     policy: WorkerPolicy,
+    train: Trainer,
 ) -> None:
     released = False
 
@@ -192,6 +194,7 @@ def _serve_connection(
             # its reply and connects again at once must not be told "busy".
             handle(
                 connection,
+                train=train,
                 request_timeout_s=request_timeout_s,
                 policy=policy,
                 on_reply_ready=release,
@@ -212,6 +215,7 @@ def _refuse_busy(connection: socket.socket, max_connections: int) -> None:
 def serve(
     socket_path: str | Path,
     *,
+    train: Trainer,
     max_requests: int | None = None,
     request_timeout_s: float = REQUEST_TIMEOUT_S,
     max_connections: int = MAX_CONNECTIONS,
@@ -243,7 +247,7 @@ def serve(
                 continue
             handler = threading.Thread(
                 target=_serve_connection,
-                args=(connection, slots, request_timeout_s, policy),
+                args=(connection, slots, request_timeout_s, policy, train),
                 name=f"gcfl-worker-request-{served}",
                 daemon=True,  # a stalled peer must not keep the process from exiting
             )
@@ -260,30 +264,3 @@ def serve(
     finally:
         listener.close()
         path.unlink(missing_ok=True)
-
-
-def _stop(signum: int, frame: object) -> None:
-    raise SystemExit(0)
-
-
-def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="gcfl worker", description=__doc__.splitlines()[0])
-    parser.add_argument("--socket", required=True, help="Unix socket path to listen on")
-    add_policy_arguments(parser)
-    args = parser.parse_args(argv)
-    policy = policy_from_args(args)
-    logging.basicConfig(level=logging.INFO, format="gcfl worker: %(message)s")
-    signal.signal(signal.SIGTERM, _stop)
-    log.info(
-        "allowed beyond the built-ins: models %s, data-dirs %s, datasets %s",
-        list(policy.models) or "none",
-        list(policy.data_dirs) or "none",
-        list(policy.datasets) or "none",
-    )
-    with contextlib.suppress(KeyboardInterrupt):
-        serve(args.socket, policy=policy)
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
