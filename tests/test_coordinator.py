@@ -17,6 +17,7 @@ from gcfl.protocol import (
     SearchInstruction,
 )
 from gcfl.strategy.coordinator import Coordinator, FitReply, NoReply
+from gcfl.strategy.policy import RoundRules
 
 GLOBAL = [np.ones((3, 2), np.float32), np.zeros(2, np.float32)]
 CAPACITY = {cid: 50 for cid in range(6)}
@@ -447,3 +448,11 @@ def test_without_any_evaluation_the_round_keeps_every_update_and_ranks_by_own_lo
     for got, expected in zip(weights, aggregate, strict=True):
         np.testing.assert_allclose(got, expected, rtol=1e-5, atol=1e-7)
     assert all(c.score is not None for c in record.clients)
+
+
+def test_fedavg_averages_every_update_whatever_the_aggregate_keys_say():
+    guarded = {"aggregate": "guarded", "aggregate-clip": 2.0, "aggregate-share": 0.5}
+    fedavg = _coordinator(**{"strategy": "fedavg", **guarded})
+    gcfl = _coordinator(**guarded)
+    assert fedavg.rules == RoundRules()
+    assert (gcfl.rules.aggregate, gcfl.rules.clip, gcfl.rules.share) == ("guarded", 2.0, 0.5)

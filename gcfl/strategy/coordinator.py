@@ -91,7 +91,8 @@ class Coordinator(FederatedFitnessRound):
         self.previous_val_loss: float | None = None
         self.round: RoundRecord | None = None
         # fitness=federated: the policy evolves only once the candidates are judged.
-        self.federated = config.strategy == "gcfl" and config.fitness == "federated"
+        self.rules = self.policy.rules
+        self.federated = self.rules.federated
         self.pending: PendingFitness | None = None
         self.completed_record: RoundRecord | None = None
         self._instructions: dict[int, FitInstruction] = {}
@@ -147,7 +148,7 @@ class Coordinator(FederatedFitnessRound):
             ClientRecord.of(cid, self._instructions[cid], v) for cid, v in verdicts.items()
         ]
         # The mean, or under a robust aggregate the median: a minority must not steer it.
-        robust = self.config.strategy == "gcfl" and self.config.aggregate != "mean"
+        robust = self.rules.aggregate != "mean"
         summary = median_finite if robust else mean_finite
         record.global_val_loss = summary(
             v.report.val_loss_before for v in verdicts.values() if v.report and v.report_believed
@@ -181,9 +182,9 @@ class Coordinator(FederatedFitnessRound):
         self.previous_weights = self._global_weights
         self.previous_val_loss = record.global_val_loss
         updates = [_accepted_update(verdicts[cid]) for cid in averaged]
-        if self.config.strategy == "gcfl" and self.config.aggregate_clip > 0:
+        if self.rules.clip > 0:
             factors = clip_factors(
-                [verdicts[cid].update_ratio for cid in averaged], self.config.aggregate_clip
+                [verdicts[cid].update_ratio for cid in averaged], self.rules.clip
             )
             updates = [
                 (shortened(weights, self._global_weights, factor), count)
@@ -191,7 +192,7 @@ class Coordinator(FederatedFitnessRound):
             ]
         clients = {client.id: client for client in record.clients}
         aggregate, record.aggregated = robust_aggregate(
-            self.config, averaged, updates, self._global_weights, clients
+            self.rules.aggregate, self.config, averaged, updates, self._global_weights, clients
         )
         if self.pending is not None:
             self.pending.updates = dict(zip(averaged, updates, strict=True))
@@ -215,8 +216,8 @@ class Coordinator(FederatedFitnessRound):
         model, would otherwise be pulled back towards the old model by them;
         the fitness the genetic step just computed says which fits moved it.
         """
-        config = self.config
-        if config.strategy != "gcfl":
+        config, rules = self.config, self.rules
+        if rules.floor <= 0 and rules.share >= 1.0:
             return accepted_ids
         if self.federated:
             # The federated scores come after the aggregate: these rules rank by the local one.
@@ -226,10 +227,10 @@ class Coordinator(FederatedFitnessRound):
             scores = [self.policy.states[cid].score for cid in accepted_ids]
         minimum = max(2, config.min_fit_clients)
         kept = list(range(len(accepted_ids)))
-        if config.aggregate_floor > 0 and config.fitness != "loss":
-            kept = improved_enough(scores, config.aggregate_floor, minimum)
-        if config.aggregate_share < 1.0:
-            best = best_share([scores[i] for i in kept], config.aggregate_share, minimum)
+        if rules.floor > 0:
+            kept = improved_enough(scores, rules.floor, minimum)
+        if rules.share < 1.0:
+            best = best_share([scores[i] for i in kept], rules.share, minimum)
             kept = [kept[i] for i in best]
         return [accepted_ids[i] for i in kept]
 

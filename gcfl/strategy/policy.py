@@ -65,11 +65,31 @@ class ClientState:
     trained_batch_size: int | None = None
 
 
+@dataclass(frozen=True)
+class RoundRules:
+    """What the server does with a round's accepted updates besides averaging them.
+
+    The defaults are FedAvg's: every accepted update, averaged by examples.
+    ``aggregate`` is the rule that merges them (``mean``, ``guarded``, ...),
+    ``clip`` shortens each to that many times the round's median move (0:
+    off), ``floor`` and ``share`` keep only the updates whose fitness says
+    they moved the model (0 and 1: all), ``federated`` waits for the
+    federated fitness before the population evolves.
+    """
+
+    aggregate: str = "mean"
+    clip: float = 0.0
+    floor: float = 0.0
+    share: float = 1.0
+    federated: bool = False
+
+
 class HyperparameterPolicy(Protocol):
     """How a strategy picks each client's hyperparameters, round after round."""
 
     states: dict[int, ClientState]
     migrants: set[int]  # the clients whose next pair the last step bred from the round's best
+    rules: RoundRules  # the strategy's rules for the updates; FedAvg's: RoundRules()
 
     def prepare(self, server_round: int, sampled: list[int]) -> set[int]:
         """Update the pairs of ``sampled`` before their instructions; the clients changed."""
@@ -109,7 +129,9 @@ def record_reports(
 
 
 class FixedHyperparameters:
-    """The FedAvg baseline: every client trains with one fixed pair."""
+    """The FedAvg baseline: every client trains with one fixed pair, every update averaged."""
+
+    rules = RoundRules()
 
     def __init__(self, client_ids: Iterable[int], fixed: Hyperparameters) -> None:
         self.fixed = fixed

@@ -34,6 +34,7 @@ from gcfl.strategy.policy import (
     FixedHyperparameters,
     HyperparameterPolicy,
     Report,
+    RoundRules,
     record_reports,
 )
 
@@ -106,6 +107,8 @@ def reclusters_in(server_round: int, recluster_every: int) -> bool:
 
 class GeneticPopulation:
     """gcfl's policy: cluster the clients that trained, evolve each group's hyperparameters."""
+
+    rules = RoundRules()  # make_policy gives it the run config's
 
     def __init__(
         self,
@@ -347,12 +350,23 @@ def latest_best(states: Mapping[int, ClientState]) -> tuple[Cohort, int | None]:
 def make_policy(
     config: GcflConfig, client_ids: list[int], rng: np.random.Generator
 ) -> HyperparameterPolicy:
-    """The hyperparameter policy that ``config.strategy`` names, for these clients."""
+    """The hyperparameter policy that ``config.strategy`` names, for these clients, with its
+    rules for the updates: the one place where FedAvg and gcfl part."""
     if config.strategy == "fedavg":
         return FixedHyperparameters(
             client_ids, Hyperparameters(config.fedavg_lr, config.fedavg_batch_size)
         )
     settings = GeneticSettings.from_config(config)
     if config.init == "search":
-        return GeneticPopulation.search_init(client_ids, settings, rng)
-    return GeneticPopulation.random_init(client_ids, settings, rng)
+        population = GeneticPopulation.search_init(client_ids, settings, rng)
+    else:
+        population = GeneticPopulation.random_init(client_ids, settings, rng)
+    population.rules = RoundRules(
+        aggregate=config.aggregate,
+        clip=config.aggregate_clip,
+        # fitness=loss scores no improvement for a floor to read.
+        floor=config.aggregate_floor if config.fitness != "loss" else 0.0,
+        share=config.aggregate_share,
+        federated=config.fitness == "federated",
+    )
+    return population

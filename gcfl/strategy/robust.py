@@ -25,19 +25,20 @@ GUARD_CLIP = 2.0
 
 
 def robust_aggregate(
+    rule: str,
     config: GcflConfig,
     client_ids: Sequence[int],
     updates: Sequence[tuple[Weights, int]],
     global_weights: Weights,
     clients: dict[int, ClientRecord],
 ) -> tuple[Weights, int]:
-    """The round's aggregate by ``config.aggregate`` and how many updates it averaged.
+    """The round's aggregate by ``rule`` (the policy's, with ``config``'s parameters) and how
+    many updates it averaged.
 
     Each client's record gets what the rule saw of it (``agreement``,
     ``outlier_share``) and whether it was ``left_out``.
     """
-    rule = config.aggregate
-    if config.strategy != "gcfl" or rule in ("mean", "drop-harmful") or len(updates) < 3:
+    if rule in ("mean", "drop-harmful") or len(updates) < 3:
         return weighted_average(updates), len(updates)
     if rule == "guarded":
         cosines = agreement([w for w, _ in updates], global_weights)
