@@ -5,6 +5,7 @@ import threading
 import pytest
 
 from gcfl.client.deadline import CallAbandoned, CallTimes, call_with_deadline
+from gcfl.run_end import end_mark, mark_ended
 
 
 def test_a_call_that_returns_in_time_gives_its_result_or_its_error():
@@ -18,6 +19,18 @@ def test_a_call_past_its_deadline_is_abandoned_and_named():
     with pytest.raises(CallAbandoned, match=r"fit of client 3 did not return within 0\.2 s"):
         call_with_deadline(release.wait, 0.2, "fit of client 3")
     release.set()  # the abandoned thread ends; nothing waits for it
+
+
+def test_a_call_still_running_when_the_run_ends_is_abandoned_at_once(tmp_path):
+    # The ServerApp has finished: nobody waits for the reply, and the simulation
+    # cannot end before this call returns. Its own deadline is an hour away.
+    release, mark = threading.Event(), end_mark(str(tmp_path), 7)
+    threading.Timer(0.3, lambda: mark_ended(str(tmp_path), 7)).start()
+    with pytest.raises(CallAbandoned, match=r"fit of client 1 .* ServerApp has finished"):
+        call_with_deadline(release.wait, 3600.0, "fit of client 1", mark.exists)
+    release.set()
+    # Another run's mark ends nothing.
+    assert call_with_deadline(lambda: 5, 3600.0, "fit", end_mark(str(tmp_path), 8).exists) == 5
 
 
 def test_the_limit_adapts_to_what_the_process_knows_of_its_calls():

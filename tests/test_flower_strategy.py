@@ -1,5 +1,6 @@
 """The Flower adapter: partition-id keying, per-client FitIns, failures named, records."""
 
+import logging
 import math
 
 import numpy as np
@@ -147,7 +148,7 @@ def test_fedavg_sends_the_baseline_pair_to_everyone():
         assert (ins.config["lr"], ins.config["batch-size"]) == (1e-4, 32)
 
 
-def test_aggregation_is_weighted_and_bad_clients_are_refused_alone():
+def test_aggregation_is_weighted_and_bad_clients_are_refused_alone(caplog):
     records = []
     adapter, manager = start(nodes=6, records=records)
 
@@ -162,7 +163,13 @@ def test_aggregation_is_weighted_and_bad_clients_are_refused_alone():
 
     node_5 = int(adapter.federation.proxy(5).cid)
     failures = [RuntimeError("lost"), NoReplyError(node_5, "timed-out", "no reply within 20 s")]
-    parameters, metrics = one_round(adapter, manager, replies, failures)
+    logging.getLogger("flwr").addHandler(caplog.handler)
+    try:
+        parameters, metrics = one_round(adapter, manager, replies, failures)
+    finally:
+        logging.getLogger("flwr").removeHandler(caplog.handler)
+    # Named in the log, not only in results.json: who missed the round, and why.
+    assert "round 1: client 5 timed-out: no reply within 20 s" in caplog.text
     weights = parameters_to_ndarrays(parameters)
     # Partitions 0 and 1 carry 10 and 20 examples: (1*10 + 3*20) / 30.
     np.testing.assert_allclose(weights[0], np.full((3, 2), 70 / 30), rtol=1e-6)

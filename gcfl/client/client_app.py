@@ -20,6 +20,7 @@ from gcfl.client.client import GcflClient
 from gcfl.client.deadline import DeadlineClient
 from gcfl.config import ConfigError, GcflConfig, config_of
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
+from gcfl.run_end import end_mark
 from gcfl.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
 from gcfl.worker.messages import FitRequest
 
@@ -94,13 +95,19 @@ def client_fn(context: Context) -> Client:
         )
     else:
         client = GcflClient(partition_id, num_partitions, config)
-    return with_deadline(client.to_client(), config, partition_id)
+    return with_deadline(client.to_client(), config, partition_id, context.run_id)
 
 
-def with_deadline(client: Client, config: GcflConfig, partition_id: int) -> Client:
-    """``client`` whose fit and evaluate are abandoned once past their deadline."""
+def with_deadline(client: Client, config: GcflConfig, partition_id: int, run_id: int) -> Client:
+    """``client`` whose fit and evaluate are abandoned once past their deadline, or once the
+    run's ServerApp has marked its end (on the same machine)."""
+    mark = end_mark(config.out_dir, run_id)
     return DeadlineClient(
-        client, config.round_timeout, config.round_deadline_factor, f"client {partition_id}"
+        client,
+        config.round_timeout,
+        config.round_deadline_factor,
+        f"client {partition_id}",
+        run_ended=mark.exists,
     )
 
 

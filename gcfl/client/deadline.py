@@ -48,6 +48,8 @@ MIN_ADAPTIVE_S = 60.0
 FIRST_CALL_S = 600.0
 # The calls a process remembers (the most recent).
 KEPT_CALLS = 100
+# How often a waiting call looks for the ServerApp's end mark (gcfl.run_end).
+POLL_S = 1.0
 
 
 class CallAbandoned(RuntimeError):
@@ -100,8 +102,18 @@ class CallTimes:
 CALL_TIMES = CallTimes()
 
 
-def call_with_deadline(call: Callable[[], Result], seconds: float, what: str) -> Result:
-    """``call()``'s result or exception, or :class:`CallAbandoned` after ``seconds``."""
+def _never() -> bool:
+    return False
+
+
+def call_with_deadline(
+    call: Callable[[], Result],
+    seconds: float,
+    what: str,
+    run_ended: Callable[[], bool] = _never,
+) -> Result:
+    """``call()``'s result or exception, or :class:`CallAbandoned` after ``seconds`` or as soon
+    as ``run_ended()`` says the run's ServerApp has finished."""
     results: list[Result] = []
     errors: list[BaseException] = []
 
@@ -114,7 +126,14 @@ def call_with_deadline(call: Callable[[], Result], seconds: float, what: str) ->
     thread = threading.Thread(target=run, name=f"gcfl-{what}", daemon=True)
     started = time.monotonic()
     thread.start()
-    thread.join(seconds)
+    deadline = started + seconds
+    while thread.is_alive() and time.monotonic() < deadline:
+        thread.join(min(POLL_S, max(0.0, deadline - time.monotonic())))
+        if thread.is_alive() and run_ended():
+            raise CallAbandoned(
+                f"{what} {ABANDONED_CALL} the run: its ServerApp has finished; abandoned so "
+                "that the run can end"
+            )
     if thread.is_alive():
         CALL_TIMES.record(seconds)
         raise CallAbandoned(
@@ -130,11 +149,19 @@ def call_with_deadline(call: Callable[[], Result], seconds: float, what: str) ->
 class DeadlineClient(Client):
     """A Flower ``Client`` whose fit and evaluate give up (:meth:`CallTimes.limit`)."""
 
-    def __init__(self, inner: Client, round_timeout: float, factor: float, name: str) -> None:
+    def __init__(
+        self,
+        inner: Client,
+        round_timeout: float,
+        factor: float,
+        name: str,
+        run_ended: Callable[[], bool] = _never,
+    ) -> None:
         self.inner = inner
         self.round_timeout = round_timeout
         self.factor = factor
         self.name = name
+        self.run_ended = run_ended
 
     @property
     def seconds(self) -> float:
@@ -147,9 +174,14 @@ class DeadlineClient(Client):
         return self.inner.get_parameters(ins)
 
     def fit(self, ins: FitIns) -> FitRes:
-        return call_with_deadline(lambda: self.inner.fit(ins), self.seconds, f"fit of {self.name}")
+        return call_with_deadline(
+            lambda: self.inner.fit(ins), self.seconds, f"fit of {self.name}", self.run_ended
+        )
 
     def evaluate(self, ins: EvaluateIns) -> EvaluateRes:
         return call_with_deadline(
-            lambda: self.inner.evaluate(ins), self.seconds, f"evaluate of {self.name}"
+            lambda: self.inner.evaluate(ins),
+            self.seconds,
+            f"evaluate of {self.name}",
+            self.run_ended,
         )

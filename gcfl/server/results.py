@@ -13,6 +13,7 @@ from typing import Any
 
 from gcfl.config import GcflConfig, parse_run_config
 from gcfl.processes import SimulationError
+from gcfl.run_end import results_folder
 from gcfl.server.checkpoint import CHECKPOINT_FILE
 from gcfl.strategy.sampling import check_federation_size
 
@@ -80,10 +81,7 @@ def resolve_out_dir(config: GcflConfig, run_id: int) -> Path:
     A new run refuses a folder that already holds results or a checkpoint; a
     resumed run needs the checkpoint. Nothing in the folder is touched here.
     """
-    if config.out_dir:
-        out_dir = Path(config.out_dir).expanduser()
-    else:
-        out_dir = Path.home() / "gcfl-results" / f"run-{run_id}"
+    out_dir = results_folder(config.out_dir, run_id)
     if config.resume:
         if not (out_dir / CHECKPOINT_FILE).is_file():
             raise OutputDirError(

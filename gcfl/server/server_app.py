@@ -16,6 +16,7 @@ from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
 
 from gcfl.config import GcflConfig, parse_run_config
+from gcfl.run_end import mark_ended
 from gcfl.server.checkpoint import (
     CHECKPOINT_FILE,
     CheckpointError,
@@ -126,6 +127,11 @@ def main(grid: Grid, context: Context) -> None:
     # client actors from this process, before or after such a change, so a
     # fresh run and its resume would get different kernels.
     components = server_fn(context)
-    factor = parse_run_config(context.run_config).round_deadline_factor
-    prompt = PromptGrid(grid, deadline_factor=factor)
-    start_grid(grid=prompt, strategy=components.strategy, config=components.config)
+    config = parse_run_config(context.run_config)
+    prompt = PromptGrid(grid, deadline_factor=config.round_deadline_factor)
+    try:
+        start_grid(grid=prompt, strategy=components.strategy, config=components.config)
+    finally:
+        # A ClientApp call still running (a hung client) is abandoned when it sees this,
+        # so that the simulation can end now rather than at the call's own deadline.
+        mark_ended(config.out_dir, context.run_id)

@@ -9,7 +9,7 @@ aggregate, the record) is :class:`~gcfl.strategy.coordinator.Coordinator`'s.
 from __future__ import annotations
 
 from collections.abc import Callable
-from logging import INFO
+from logging import INFO, WARNING
 from typing import Any
 
 from flwr.common import (
@@ -147,6 +147,17 @@ class GeneticClusteredFedAvg(FedAvg):
         if weights is not None:
             self._weights = weights
         log(INFO, "gcfl: round %d: %s, %d accepted", record.round, record.status, record.accepted)
+        for client in record.clients:
+            if client.status in ("timed-out", "failed"):
+                # Named, so that a client that hangs or breaks is seen without results.json.
+                log(
+                    WARNING,
+                    "gcfl: round %d: client %d %s: %s",
+                    record.round,
+                    client.id,
+                    client.status,
+                    client.reason,
+                )
         parameters = ndarrays_to_parameters(weights) if weights is not None else None
         return parameters, {"accepted": record.accepted}
 

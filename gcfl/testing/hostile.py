@@ -236,7 +236,7 @@ def client_fn(context: Context) -> Client:
     else:
         client = HostileClient(partition_id, num_partitions, config, case)
     # As gcfl's own ClientApp: a hung call must not hold the process for good.
-    return with_deadline(client.to_client(), config, partition_id)
+    return with_deadline(client.to_client(), config, partition_id, context.run_id)
 
 
 app = ClientApp(client_fn=client_fn)
