@@ -2,6 +2,7 @@
 
 import ast
 import csv
+import io
 import json
 import math
 import subprocess
@@ -441,3 +442,32 @@ def test_the_fine_grid_is_one_two_three_five_per_decade_inside_the_space():
         1e-1,
     )
     assert fine_lr_grid(2.5e-4, 4e-3) == (3e-4, 5e-4, 1e-3, 2e-3, 3e-3)
+
+
+def test_the_terminals_outcome_table_keeps_each_strategy_name_on_one_line_at_80_columns():
+    from rich.console import Console
+
+    from gcfl.compare.view import rich_table
+
+    names = [
+        "gcfl",
+        "fedavg",
+        "fedavg@1e-05",
+        "fedavg@0.001",
+        "fedavg-tuned (oracle: fedavg@0.001)",
+    ]
+    header = [
+        "strategy",
+        "final accuracy",
+        "best accuracy",
+        "client fits",
+        "client evaluations",
+        "wall time (s)",
+    ]
+    rows = [[name, "0.9583", "0.9583", "1500 (5 runs)", "0", "197.7"] for name in names]
+    console = Console(width=80, record=True, file=io.StringIO())
+    console.print(rich_table("Outcome", header, rows))
+    text = console.export_text()
+    assert max(len(line) for line in text.splitlines()) <= 80
+    for name in names[:4]:
+        assert f" {name} " in text, text

@@ -39,11 +39,23 @@ def stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-def _rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
+# The widest a table's first column (the strategy or the round) claims before it folds.
+NAME_WIDTH = 30
+
+
+def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left")
+    names = max((len(row[0]) for row in rows), default=0)
     for index, name in enumerate(header):
-        # Fold, never cut: a strategy name cut to "feda…" says nothing.
-        table.add_column(name, justify="left" if index == 0 else "right", overflow="fold")
+        # Fold, never cut: a strategy name cut to "feda…" says nothing; and the names get
+        # their width first, so that "fedavg@0.001" stays on one line at 80 columns.
+        first = index == 0
+        table.add_column(
+            name,
+            justify="left" if first else "right",
+            overflow="fold",
+            min_width=min(names, NAME_WIDTH) if first else None,
+        )
     for row in rows:
         table.add_row(*row)
     return table
@@ -96,11 +108,11 @@ def run_with_progress(plan: ComparePlan, argv: list[str]) -> int:
     # The grid's points would make the per-round tables too wide for a terminal (80 columns
     # piped to a file): fedavg-tuned stands for them here; summary.md and rounds.csv hold all.
     per_round = [run for run in reported if not run["strategy"].startswith(GRID_PREFIX)]
-    console.print(_rich_table("Test accuracy per round", *rounds_table(per_round, "accuracy")))
-    console.print(_rich_table("Test loss per round", *rounds_table(per_round, "loss")))
+    console.print(rich_table("Test accuracy per round", *rounds_table(per_round, "accuracy")))
+    console.print(rich_table("Test loss per round", *rounds_table(per_round, "loss")))
     if len(per_round) < len(reported):
         console.print("Each grid point's rounds: summary.md and rounds.csv.")
-    console.print(_rich_table("Outcome", *outcome_table(reported)))
+    console.print(rich_table("Outcome", *outcome_table(reported, long=False)))
     console.print(COST_NOTE)
     console.print(f"wall time {time.perf_counter() - started:.1f} s")
     for path in paths:

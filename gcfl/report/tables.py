@@ -259,10 +259,11 @@ def rounds_table(runs: Sequence[Run], metric: str) -> tuple[list[str], list[list
     return header, rows
 
 
-def outcome_table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
+def outcome_table(runs: Sequence[Run], long: bool = True) -> tuple[list[str], list[list[str]]]:
     """Final and best accuracy, cost in client fits and wall time per strategy.
 
     Accuracies and wall time are mean ± std over repeats; client fits the mean.
+    ``long=False`` names an oracle by its choice alone (the terminal's table).
     """
     repeats = repeats_in(runs)
     header = [
@@ -283,7 +284,7 @@ def outcome_table(runs: Sequence[Run]) -> tuple[list[str], list[list[str]]]:
             _cell(_nanmean(v), _nanstd(v), repeats, digits)
             for v, digits in ((finals, 4), (bests, 4), (walls, 1))
         )
-        name = display_name(strategy, runs, long=True)
+        name = display_name(strategy, runs, long=long)
         cost = cost_cell(strategy, runs)
         rows.append([name, accuracy, best, cost, evaluations_cell(strategy, runs), wall])
     return header, rows
