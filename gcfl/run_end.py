@@ -28,6 +28,15 @@ def end_mark(out_dir: str, run_id: int) -> Path:
     return results_folder(out_dir, run_id) / f".run-{run_id}-ended"
 
 
+def has_ended(out_dir: str, run_id: int) -> bool:
+    """Whether run ``run_id``'s mark is there. A folder this process may not read, or no
+    home folder to find it in (a deployed node), means no: the call keeps its deadline."""
+    try:
+        return end_mark(out_dir, run_id).exists()
+    except (OSError, RuntimeError):
+        return False
+
+
 def mark_ended(out_dir: str, run_id: int) -> None:
     """Leave the mark; a folder that cannot take it only costs the clients their deadline."""
     with contextlib.suppress(OSError):

@@ -1,11 +1,12 @@
 """The ClientApp's own deadline: a call that never returns frees its process."""
 
 import threading
+from pathlib import Path
 
 import pytest
 
 from gcfl.client.deadline import CallAbandoned, CallTimes, call_with_deadline
-from gcfl.run_end import end_mark, mark_ended
+from gcfl.run_end import end_mark, has_ended, mark_ended
 
 
 def test_a_call_that_returns_in_time_gives_its_result_or_its_error():
@@ -31,6 +32,20 @@ def test_a_call_still_running_when_the_run_ends_is_abandoned_at_once(tmp_path):
     release.set()
     # Another run's mark ends nothing.
     assert call_with_deadline(lambda: 5, 3600.0, "fit", end_mark(str(tmp_path), 8).exists) == 5
+
+
+def test_no_home_folder_or_a_folder_it_may_not_read_is_not_an_ended_run(monkeypatch):
+    # A deployed node: out-dir names the server's folder, or no home folder to default to.
+    def no_home() -> Path:
+        raise RuntimeError("Could not determine home directory.")
+
+    def denied(self) -> bool:
+        raise PermissionError(13, "Permission denied", str(self))
+
+    monkeypatch.setattr(Path, "home", staticmethod(no_home))
+    assert not has_ended("", 3)
+    monkeypatch.setattr(Path, "exists", denied)
+    assert not has_ended("/home/alice/results", 3)
 
 
 def test_the_limit_adapts_to_what_the_process_knows_of_its_calls():

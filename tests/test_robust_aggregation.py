@@ -92,3 +92,11 @@ def test_two_colluders_trained_towards_another_task_do_not_vouch_for_each_other(
     cosines = agreement(updates, GLOBAL)
     assert max(cosines[4:]) < 0.5 * min(cosines[:4])
     assert agreeing(cosines, 0.5) == [0, 1, 2, 3]
+
+
+def test_an_update_that_did_not_move_does_not_pull_the_others_agreement_down():
+    # Free riders return the global model unchanged: the honest still agree with each other.
+    honest = _honest(3)
+    unchanged = [a.copy() for a in GLOBAL]
+    cosines = agreement([*honest, unchanged, unchanged, unchanged], GLOBAL)
+    assert min(cosines[:3]) > 0.3 and cosines[3:] == [0.0, 0.0, 0.0]

@@ -175,7 +175,7 @@ def test_a_run_with_another_model_gets_that_model(tmp_path):
 def test_other_protocol_versions_and_methods_get_clear_errors(worker):
     for header, message in (
         ({"version": 99, "method": "ping"}, "protocol version 99"),
-        ({"version": 1, "method": "evaluate"}, "unknown method 'evaluate'"),
+        ({"version": PROTOCOL_VERSION, "method": "evaluate"}, "unknown method 'evaluate'"),
     ):
         with socket.socket(socket.AF_UNIX, socket.SOCK_STREAM) as connection:
             connection.connect(worker)

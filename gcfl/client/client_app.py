@@ -8,6 +8,7 @@ model or data outside its node's allow-list) fails with the worker's reason.
 
 from __future__ import annotations
 
+import functools
 import logging
 from collections.abc import Mapping
 from typing import Any
@@ -20,7 +21,7 @@ from gcfl.client.client import GcflClient
 from gcfl.client.deadline import DeadlineClient
 from gcfl.config import ConfigError, GcflConfig, config_of
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
-from gcfl.run_end import end_mark
+from gcfl.run_end import has_ended
 from gcfl.worker import NODE_CONFIG_KEY, WorkerUnavailable, fit_on_worker
 from gcfl.worker.messages import FitRequest
 
@@ -101,13 +102,12 @@ def client_fn(context: Context) -> Client:
 def with_deadline(client: Client, config: GcflConfig, partition_id: int, run_id: int) -> Client:
     """``client`` whose fit and evaluate are abandoned once past their deadline, or once the
     run's ServerApp has marked its end (on the same machine)."""
-    mark = end_mark(config.out_dir, run_id)
     return DeadlineClient(
         client,
         config.round_timeout,
         config.round_deadline_factor,
         f"client {partition_id}",
-        run_ended=mark.exists,
+        run_ended=functools.partial(has_ended, config.out_dir, run_id),
     )
 
 

@@ -102,7 +102,8 @@ class CallTimes:
 CALL_TIMES = CallTimes()
 
 
-def _never() -> bool:
+def never_ended() -> bool:
+    """A run end nobody marks: the call keeps its own deadline."""
     return False
 
 
@@ -110,7 +111,7 @@ def call_with_deadline(
     call: Callable[[], Result],
     seconds: float,
     what: str,
-    run_ended: Callable[[], bool] = _never,
+    run_ended: Callable[[], bool] = never_ended,
 ) -> Result:
     """``call()``'s result or exception, or :class:`CallAbandoned` after ``seconds`` or as soon
     as ``run_ended()`` says the run's ServerApp has finished."""
@@ -155,7 +156,7 @@ class DeadlineClient(Client):
         round_timeout: float,
         factor: float,
         name: str,
-        run_ended: Callable[[], bool] = _never,
+        run_ended: Callable[[], bool] = never_ended,
     ) -> None:
         self.inner = inner
         self.round_timeout = round_timeout

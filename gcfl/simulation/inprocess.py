@@ -42,7 +42,7 @@ from flwr.server.client_manager import SimpleClientManager
 from flwr.server.client_proxy import ClientProxy
 
 from gcfl.client.client_app import client_fn
-from gcfl.client.deadline import CallAbandoned, DeadlineClient
+from gcfl.client.deadline import CallAbandoned, DeadlineClient, never_ended
 from gcfl.config import default_run_config, parse_run_config
 from gcfl.model import make_training_reproducible
 from gcfl.server.results import RESULTS_FILE
@@ -74,6 +74,7 @@ class InProcessNode(ClientProxy):
             # One Keras model serves every client here: a call abandoned early would go on
             # training it under the next client's fit. Only the round's timeout ends a call.
             client.factor = 0.0
+            client.run_ended = never_ended
         try:
             reply = question(client)
         except CallAbandoned as error:

@@ -252,8 +252,12 @@ def agreement(
         units[moved] /= norms[moved, None]
         cosines = units @ units.T
         for position in range(count):
-            if moved[position]:
-                totals[position] += float(np.median(np.delete(cosines[position], position)))
+            # Only peers that moved this array have a direction to agree with: a free
+            # rider returning the model unchanged must not pull the honest towards 0.
+            peers = moved.copy()
+            peers[position] = False
+            if moved[position] and peers.any():
+                totals[position] += float(np.median(cosines[position][peers]))
     return (totals / max(arrays, 1)).tolist()
 
 

@@ -19,7 +19,8 @@ import numpy as np
 from gcfl.protocol import NUM_PARTITIONS, PARTITION_ID
 from gcfl.worker.framing import MESSAGE_TIMEOUT_S, ProtocolError
 
-PROTOCOL_VERSION = 1
+# 2: every message typed, and replies carry the version too.
+PROTOCOL_VERSION = 2
 CONNECT_TIMEOUT_S = 5.0
 NODE_CONFIG_KEY = "worker-socket"
 # The whole request, from its first byte to its last: a few MB over a local
@@ -73,9 +74,10 @@ MESSAGE = "message"
 def _check_version(header: Mapping[str, Any], sender: str) -> None:
     version = header.get(VERSION)
     if version != PROTOCOL_VERSION or isinstance(version, bool):
+        spoken = "no version (an older gcfl)" if version is None else f"version {version!r}"
         raise ProtocolError(
-            f"{sender} speaks worker protocol version {version!r}, this side "
-            f"{PROTOCOL_VERSION}: run the node's worker and ClientApp from one gcfl"
+            f"{sender} speaks worker protocol {spoken}, this side {PROTOCOL_VERSION}: "
+            "run the node's worker and ClientApp from one gcfl"
         )
 
 
