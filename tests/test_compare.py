@@ -444,18 +444,15 @@ def test_the_fine_grid_is_one_two_three_five_per_decade_inside_the_space():
     assert fine_lr_grid(2.5e-4, 4e-3) == (3e-4, 5e-4, 1e-3, 2e-3, 3e-3)
 
 
-def test_the_terminals_outcome_table_keeps_each_strategy_name_on_one_line_at_80_columns():
+@pytest.mark.parametrize("repeats", [1, 3])
+def test_the_terminals_outcome_table_fits_80_columns_with_every_column_and_whole_names(repeats):
     from rich.console import Console
 
     from gcfl.compare.view import rich_table
 
-    names = [
-        "gcfl",
-        "fedavg",
-        "fedavg@1e-05",
-        "fedavg@0.001",
-        "fedavg-tuned (oracle: fedavg@0.001)",
-    ]
+    tuned = "fedavg-tuned (oracle: fedavg@0.001)"
+    names = ["gcfl", "fedavg", "fedavg@1e-05", "fedavg@0.0001", tuned, "centralized"]
+    accuracy, wall = ("0.9583", "197.7") if repeats == 1 else ("0.9583 ± 0.0123", "197.7 ± 12.3")
     header = [
         "strategy",
         "final accuracy",
@@ -464,10 +461,14 @@ def test_the_terminals_outcome_table_keeps_each_strategy_name_on_one_line_at_80_
         "client evaluations",
         "wall time (s)",
     ]
-    rows = [[name, "0.9583", "0.9583", "1500 (5 runs)", "0", "197.7"] for name in names]
+    rows = [[name, accuracy, accuracy, "1500 (5 runs)", "0", wall] for name in names]
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(rich_table("Outcome", header, rows))
-    text = console.export_text()
-    assert max(len(line) for line in text.splitlines()) <= 80
-    for name in names[:4]:
-        assert f" {name} " in text, text
+    lines = console.export_text().splitlines()
+    assert max(len(line) for line in lines) <= 80
+    body = [line for line in lines if line.startswith("│")]
+    # Every column is there, none cropped at the edge: each row line ends in its border.
+    assert all(line.rstrip().endswith("│") for line in body), lines
+    assert sum("197.7" in line for line in body) == len(names)
+    for name in [*names[:4], "centralized"]:
+        assert any(line.startswith(f"│ {name} ") for line in body), (name, lines)

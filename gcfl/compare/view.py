@@ -39,22 +39,24 @@ def stderr_to(path: Path) -> Iterator[None]:
         os.close(saved)
 
 
-# The widest a table's first column (the strategy or the round) claims before it folds.
-NAME_WIDTH = 30
+# The first column's width (the strategy or the round): fixed, so that at 80 columns the
+# names up to it stay on one line and every other column keeps its room, none cut off.
+NAME_WIDTH = 16
+# The terminal's shorter headers (summary.md keeps the long ones; COST_NOTE explains them).
+SHORT_HEADERS = {"client evaluations": "client evals"}
 
 
 def rich_table(title: str, header: list[str], rows: list[list[str]]) -> Table:
     table = Table(title=title, title_justify="left")
-    names = max((len(row[0]) for row in rows), default=0)
+    longest = max((len(row[0]) for row in [header, *rows]), default=0)
     for index, name in enumerate(header):
-        # Fold, never cut: a strategy name cut to "feda…" says nothing; and the names get
-        # their width first, so that "fedavg@0.001" stays on one line at 80 columns.
+        # Fold, never cut: a strategy name cut to "feda…" says nothing.
         first = index == 0
         table.add_column(
-            name,
+            SHORT_HEADERS.get(name, name),
             justify="left" if first else "right",
             overflow="fold",
-            min_width=min(names, NAME_WIDTH) if first else None,
+            width=min(longest, NAME_WIDTH) if first else None,
         )
     for row in rows:
         table.add_row(*row)
