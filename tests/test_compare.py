@@ -25,6 +25,7 @@ from gcfl.compare.plan import (
 from gcfl.config import parse_run_config
 from gcfl.report.summary import write_summary
 from gcfl.report.tables import (
+    OUTCOME_HEADER,
     client_evaluations,
     client_fits,
     oracle_choice,
@@ -453,14 +454,7 @@ def test_the_terminals_outcome_table_fits_80_columns_with_every_column_and_whole
     tuned = "fedavg-tuned (oracle: fedavg@0.001)"
     names = ["gcfl", "fedavg", "fedavg@1e-05", "fedavg@0.0001", tuned, "centralized"]
     accuracy, wall = ("0.9583", "197.7") if repeats == 1 else ("0.9583 ± 0.0123", "197.7 ± 12.3")
-    header = [
-        "strategy",
-        "final accuracy",
-        "best accuracy",
-        "client fits",
-        "client evaluations",
-        "wall time (s)",
-    ]
+    header = list(OUTCOME_HEADER)
     rows = [[name, accuracy, accuracy, "1500 (5 runs)", "0", wall] for name in names]
     console = Console(width=80, record=True, file=io.StringIO())
     console.print(rich_table("Outcome", header, rows))

@@ -283,8 +283,9 @@ def test_the_cap_is_on_the_whole_message_not_each_array(monkeypatch):
             receive_message(right)
 
 
-def _silent_worker(socket_path, stop):
-    """A worker that takes a request and never replies, until ``stop`` is set."""
+def _silent_worker(socket_path, stop, reply=None):
+    """A worker that takes one request, sends ``reply`` (a header) if given, and then says
+    nothing more until ``stop`` is set."""
     listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
     listener.bind(socket_path)
     listener.listen(1)
@@ -294,6 +295,8 @@ def _silent_worker(socket_path, stop):
             connection, _ = listener.accept()
             with connection:
                 receive_message(connection)
+                if reply is not None:
+                    send_message(connection, reply)
                 stop.wait(30)
 
     threading.Thread(target=take_and_hang, daemon=True).start()
@@ -654,20 +657,8 @@ def test_a_reply_from_a_worker_of_another_version_is_refused_not_read(tmp_path):
     # A worker left running from another gcfl answers in its own words: the
     # ClientApp says so, rather than read its metrics as if they were ours.
     path, stop = str(tmp_path / "old.sock"), threading.Event()
-    listener = socket.socket(socket.AF_UNIX, socket.SOCK_STREAM)
-    listener.bind(path)
-    listener.listen(1)
-
-    def answer_in_another_version():
-        with listener:
-            connection, _ = listener.accept()
-            with connection:
-                receive_message(connection)
-                header = {**Trained(40, {}).to_header(), "version": PROTOCOL_VERSION + 1}
-                send_message(connection, header)
-                stop.wait(5)
-
-    threading.Thread(target=answer_in_another_version, daemon=True).start()
+    header = {**Trained(40, {}).to_header(), "version": PROTOCOL_VERSION + 1}
+    _silent_worker(path, stop, reply=header)
     try:
         with pytest.raises(WorkerFitError, match=f"version {PROTOCOL_VERSION + 1}"):
             _fit_on_worker(path, _initial_weights(), partition_id=0)

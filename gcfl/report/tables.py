@@ -259,6 +259,16 @@ def rounds_table(runs: Sequence[Run], metric: str) -> tuple[list[str], list[list
     return header, rows
 
 
+OUTCOME_HEADER = (
+    "strategy",
+    "final accuracy",
+    "best accuracy",
+    "client fits",
+    "client evaluations",
+    "wall time (s)",
+)
+
+
 def outcome_table(runs: Sequence[Run], long: bool = True) -> tuple[list[str], list[list[str]]]:
     """Final and best accuracy, cost in client fits and wall time per strategy.
 
@@ -266,14 +276,7 @@ def outcome_table(runs: Sequence[Run], long: bool = True) -> tuple[list[str], li
     ``long=False`` names an oracle by its choice alone (the terminal's table).
     """
     repeats = repeats_in(runs)
-    header = [
-        "strategy",
-        "final accuracy",
-        "best accuracy",
-        "client fits",
-        "client evaluations",
-        "wall time (s)",
-    ]
+    header = list(OUTCOME_HEADER)
     rows = []
     for strategy in strategies_in(runs):
         mine = [run for run in runs if run["strategy"] == strategy]

@@ -15,7 +15,7 @@ from flwr.common.logger import log
 from flwr.server import Grid, ServerApp, ServerAppComponents, ServerConfig
 from flwr.server.compat import start_grid
 
-from gcfl.config import GcflConfig, parse_run_config
+from gcfl.config import GcflConfig, config_of
 from gcfl.run_end import mark_ended
 from gcfl.server.checkpoint import (
     CHECKPOINT_FILE,
@@ -58,7 +58,7 @@ def server_fn(
     After each round's checkpoint and results, a progress event goes to Flower's
     log (which ``flwr run --stream`` carries) and to ``on_round`` if given.
     """
-    config = parse_run_config(context.run_config)
+    config = config_of(context.run_config)
     out_dir = resolve_out_dir(config, context.run_id)
     evaluator = CentralEvaluator(config)
     recorder = RunRecorder(out_dir, config.strategy, config.to_run_config(), package_versions())
@@ -127,7 +127,7 @@ def main(grid: Grid, context: Context) -> None:
     # client actors from this process, before or after such a change, so a
     # fresh run and its resume would get different kernels.
     components = server_fn(context)
-    config = parse_run_config(context.run_config)
+    config = config_of(context.run_config)  # the one server_fn parsed, from the cache
     prompt = PromptGrid(grid, deadline_factor=config.round_deadline_factor)
     try:
         start_grid(grid=prompt, strategy=components.strategy, config=components.config)

@@ -37,6 +37,7 @@ from gcfl.strategy.judge import (
 from gcfl.strategy.policy import (
     HyperparameterPolicy,
     Report,
+    RoundRules,
     states_from_dict,
     states_to_dict,
 )
@@ -90,9 +91,7 @@ class Coordinator(FederatedFitnessRound):
         self.previous_weights: Weights | None = None
         self.previous_val_loss: float | None = None
         self.round: RoundRecord | None = None
-        # fitness=federated: the policy evolves only once the candidates are judged.
-        self.rules = self.policy.rules
-        self.federated = self.rules.federated
+        # fitness=federated: the round between its aggregate and its candidates' judgement.
         self.pending: PendingFitness | None = None
         self.completed_record: RoundRecord | None = None
         self._instructions: dict[int, FitInstruction] = {}
@@ -138,6 +137,16 @@ class Coordinator(FederatedFitnessRound):
             self.capacity[client_id],
             self.config.max_update_norm,
         )
+
+    @property
+    def rules(self) -> RoundRules:
+        """The policy's rules for the round's updates (FedAvg's: every update averaged)."""
+        return self.policy.rules
+
+    @property
+    def federated(self) -> bool:
+        """fitness=federated: the policy evolves only once the candidates are judged."""
+        return self.rules.federated
 
     def finish_fit(self, replies: Mapping[int, FitReply | NoReply]) -> Weights | None:
         """Judge every sampled client, evolve the policy; the new global model, or None."""
